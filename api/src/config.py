@@ -1,0 +1,155 @@
+"""Settings from the environment (and `.env`), read once through `get_settings()`.
+
+T-013: the Dapr settings (`DAPR_ENABLED`, `DAPR_HTTP_PORT`, `DAPR_PUBSUB_NAME`,
+`DAPR_PUBLISH_TIMEOUT`, ...) live here beside the rest of contract §4.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEV_SECRET_FILE", "Settings", "SettingsError", "get_settings", "load_auth_secret"]
+
+DEV_SECRET_FILE = ".pakaura-dev-secret"
+MIN_SECRET_BYTES = 32
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names it and says what to do."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # "development" allows the generated local secret; "production" refuses to start without
+    # BETTER_AUTH_SECRET. Chart and Dockerfile set production.
+    app_env: Literal["development", "test", "production"] = "development"
+
+    database_url: str = "sqlite:///./pakaura.db"
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Creates missing tables at start-up (the quick start); production runs `pakaura db upgrade`.
+    database_create_tables: bool = True
+
+    dapr_enabled: bool = False
+    dapr_host: str = "127.0.0.1"
+    dapr_http_port: int = Field(default=3500, ge=1, le=65535)
+    dapr_pubsub_name: str = Field(default="pubsub-kafka", min_length=1)
+    dapr_publish_timeout: float = Field(default=2.0, gt=0, le=60)
+    dapr_api_token: SecretStr | None = None
+    # "auto": bulk publish, falling back to single publish if the sidecar lacks it.
+    dapr_bulk_publish: Literal["auto", "always", "never"] = "auto"
+
+    events_source: str = Field(default="pakaura-api", min_length=1)
+    topic_task_events: str = Field(default="task-events", min_length=1)
+    topic_task_updates: str = Field(default="task-updates", min_length=1)
+    topic_reminders: str = Field(default="reminders", min_length=1)
+
+    # In-process relay (issue 8); `pakaura relay` runs it alone.
+    relay_enabled: bool = True
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_poll_interval: float = Field(default=1.0, gt=0, le=300)
+    relay_max_backoff: float = Field(default=30.0, gt=0, le=3600)
+    relay_drain_timeout: float = Field(default=5.0, ge=0, le=300)
+
+    better_auth_secret: SecretStr | None = None
+    jwt_leeway_seconds: int = Field(default=0, ge=0, le=300)
+
+    mcp_allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:*", "localhost:*", "testserver", "[::1]:*"]
+    )
+
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    # SQL echo goes through loguru at DEBUG when true.
+    log_sql: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a SQLAlchemy URL ({exc})") from None
+        return value
+
+    @field_validator("better_auth_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes for HS256")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def dapr_base_url(self) -> str:
+        return f"http://{self.dapr_host}:{self.dapr_http_port}"
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
+        parts.append(f"{name}: {err['msg']}")
+    return "; ".join(parts)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings. Tests call `get_settings.cache_clear()` after changing env."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(
+            f"invalid setting {_describe(exc)} (fix the environment variable or .env)"
+        ) from None
+
+
+def load_auth_secret(settings: Settings) -> str:
+    """The JWT secret: `BETTER_AUTH_SECRET`, or outside production a generated local one.
+
+    The local secret lives in `.pakaura-dev-secret` (mode 0600) in the working directory, so
+    `pakaura serve` and `pakaura token` agree without anyone choosing a secret. Production has
+    no built-in secret: it refuses to start.
+    """
+    if settings.better_auth_secret is not None:
+        return settings.better_auth_secret.get_secret_value()
+    if settings.app_env == "production":
+        raise SettingsError(
+            "BETTER_AUTH_SECRET is not set: production needs the secret shared with the auth "
+            "server (at least 32 bytes)"
+        )
+    path = Path(DEV_SECRET_FILE)
+    if path.exists():
+        secret = path.read_text(encoding="utf-8").strip()
+        if len(secret.encode()) >= MIN_SECRET_BYTES:
+            return secret
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secret + "\n")
+    return secret
