@@ -1,0 +1,1 @@
+"""Pakaura task API."""
