@@ -1,0 +1,115 @@
+"""The Task table and its Create / Update / Public schema family.
+
+Importing this module installs the ORM hooks on `Task` (last lines): no ORM write path can
+change a task without its events.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    field_validator,
+)
+from sqlmodel import Field, SQLModel
+
+from hooks import UTCDateTime, build_outbox_table, utc_now
+
+__all__ = [
+    "MAX_DESCRIPTION",
+    "MAX_TITLE",
+    "Task",
+    "TaskCreate",
+    "TaskPublic",
+    "TaskUpdate",
+    "outbox_table",
+]
+
+MAX_TITLE = 200
+MAX_DESCRIPTION = 1000
+
+
+def _require_offset(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("due_date needs a time zone offset, e.g. 2026-12-01T09:00:00+01:00")
+    return value
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+Title = Annotated[
+    str,
+    BeforeValidator(_strip),
+    StringConstraints(min_length=1, max_length=MAX_TITLE),
+]
+Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)]
+AwareDatetime = Annotated[datetime, AfterValidator(_require_offset)]
+
+
+class TaskBase(SQLModel):
+    title: str = Field(max_length=MAX_TITLE)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    due_date: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Task(TaskBase, table=True):
+    # sqlite_autoincrement: ids are the events' subject and partition key, never reused.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(index=True, max_length=255)
+    completed: bool = Field(default=False)
+    created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+    updated_at: datetime = Field(
+        default_factory=utc_now,
+        sa_type=UTCDateTime,
+        sa_column_kwargs={"onupdate": utc_now},
+    )
+
+
+class TaskCreate(SQLModel):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    title: Title
+    description: Description | None = None
+    due_date: AwareDatetime | None = None
+
+
+class TaskUpdate(SQLModel):
+    """Only the fields sent change (`model_dump(exclude_unset=True)`)."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    title: Title | None = None
+    description: Description | None = None
+    due_date: AwareDatetime | None = None
+    completed: bool | None = None
+
+    @field_validator("title", "completed", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # description and due_date may be cleared with null; title and completed may not.
+        if value is None:
+            raise ValueError("may be omitted but not null")
+        return value
+
+
+class TaskPublic(SQLModel):
+    id: int
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    due_date: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+outbox_table = build_outbox_table(SQLModel.metadata)
