@@ -1,0 +1,74 @@
+"""Loguru configuration: JSON lines by default, stdlib logging (uvicorn, SQLAlchemy) routed in.
+
+Every record carries `event_type`, `topic`, `task_id`, `user_id` and `correlation_id` keys
+when code binds them; the request's correlation id is added from the request context.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from loguru import logger
+
+from src.request_context import correlation_id
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+    from src.config import Settings
+
+__all__ = ["configure_logging"]
+
+
+class _InterceptHandler(logging.Handler):
+    """Sends stdlib records to loguru (the recipe from loguru's documentation)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        frame, depth = inspect.currentframe(), 0
+        while frame and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame = frame.f_back
+            depth += 1
+        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+
+
+def _add_correlation(record: Record) -> None:
+    extra = record["extra"]
+    if "correlation_id" not in extra:
+        cid = correlation_id.get()
+        if cid is not None:
+            extra["correlation_id"] = cid
+
+
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
+    """(Re)configures the process's logging. Logs go to stderr: stdout may carry MCP stdio."""
+    logger.remove()
+    target: Any = stream or sys.stderr
+    logger.configure(patcher=_add_correlation)
+    if settings.log_format == "json":
+        logger.add(target, level=settings.log_level, serialize=True, backtrace=False)
+    else:
+        logger.add(
+            target,
+            level=settings.log_level,
+            format=(
+                "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+                "<cyan>{name}</cyan> {message} <dim>{extra}</dim>"
+            ),
+        )
+    logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "sqlalchemy", "alembic", "mcp"):
+        std = logging.getLogger(name)
+        std.handlers = [_InterceptHandler()]
+        std.propagate = False
+    logging.getLogger("sqlalchemy.engine").setLevel(
+        logging.INFO if settings.log_sql else logging.WARNING
+    )
+    # httpx logs every request at INFO; the publisher logs outcomes itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

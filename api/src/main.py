@@ -1,0 +1,129 @@
+"""The FastAPI application factory and its lifespan."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from loguru import logger
+
+from src.auth import issue_token  # noqa: F401 - re-exported for tests and the CLI
+from src.config import Settings, get_settings, load_auth_secret
+from src.db import create_tables, get_engine
+from src.health import router as health_router
+from src.logging_setup import configure_logging
+from src.request_context import correlation_id
+from src.routes.tasks import router as tasks_router
+from src.services import TaskNotFound
+
+__all__ = ["create_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_BODY_BYTES = 1024 * 1024
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class RequestContextMiddleware:
+    """Accepts or generates `X-Request-ID`, echoes it, binds it to logs and events.
+
+    Plain ASGI (not BaseHTTPMiddleware) to keep per-request overhead small; it also refuses
+    bodies declared larger than `MAX_BODY_BYTES` with 413 before anything reads them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        length = 0
+        for key, value in scope["headers"]:
+            if key == REQUEST_ID_HEADER:
+                request_id = value.decode("latin-1")[:128]
+            elif key == b"content-length" and value.isdigit():
+                length = int(value)
+        request_id = request_id or uuid.uuid4().hex
+        token = correlation_id.set(request_id)
+        raw_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, raw_id)]
+            await send(message)
+
+        try:
+            if length > MAX_BODY_BYTES:
+                response = JSONResponse(
+                    {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"},
+                    status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                )
+                await response(scope, receive, send_with_id)
+                return
+            await self.app(scope, receive, send_with_id)
+        finally:
+            correlation_id.reset(token)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TaskNotFound)
+    async def _not_found(_: Request, exc: TaskNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # Nothing was committed; the client may retry once the database is back.
+        logger.bind(error=type(exc).__name__).error("database unavailable")
+        return JSONResponse(
+            {"detail": "database unavailable, retry later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the app. Settings are read now so a bad setting fails at start-up."""
+    settings = settings or get_settings()
+    configure_logging(settings)
+    auth_secret = load_auth_secret(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            engine = get_engine()
+            if settings.database_create_tables:
+                create_tables(engine)
+            for enter in app.state.lifespan_parts:
+                await stack.enter_async_context(enter(settings))
+            logger.bind(dapr_enabled=settings.dapr_enabled).info("pakaura api started")
+            yield
+        logger.info("pakaura api stopped")
+
+    app = FastAPI(
+        title="Pakaura task API",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Tasks per user. Every committed change becomes CloudEvents on Dapr.",
+    )
+    app.state.auth_secret = auth_secret
+    app.state.settings = settings
+    # Async context managers entered in order at start-up (relay, MCP session manager).
+    app.state.lifespan_parts = []
+    app.add_middleware(RequestContextMiddleware)
+    _install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(tasks_router)
+    return app

@@ -1,0 +1,1 @@
+"""Alembic migrations; `pakaura db upgrade` applies them (see `src.migrate`)."""
