@@ -1,10 +1,17 @@
-"""CloudEvents for task changes: schemas and builders (T-010); the Dapr publisher (T-011/T-012).
+"""CloudEvents for task changes: schemas and builders (T-010), the Dapr publisher (T-011, T-012).
 
 `from src.events import get_event_publisher` is the entry point for code that publishes.
-This package must stay light (pydantic, httpx) and must not import `src.models` or `src.db`:
-the models import `src.events.derivation`.
+This package stays light (pydantic, httpx, loguru) and must not import `src.models` or
+`src.db`: the models import `src.events.derivation`.
 """
 
+from src.events.publisher import (
+    EventPublisher,
+    PublishOutcome,
+    PublishResult,
+    get_event_publisher,
+    reset_event_publisher,
+)
 from src.events.schemas import (
     CloudEvent,
     EventSchemaError,
@@ -16,9 +23,14 @@ from src.events.schemas import (
 
 __all__ = [
     "CloudEvent",
+    "EventPublisher",
     "EventSchemaError",
+    "PublishOutcome",
+    "PublishResult",
     "ReminderEventData",
     "SyncEventData",
     "TaskEventData",
     "TaskSnapshot",
+    "get_event_publisher",
+    "reset_event_publisher",
 ]
