@@ -25,7 +25,8 @@ What it implements, following the Dapr runtime's HTTP API (pkg/api/http in dapr/
   `ERR_PUBSUB_FORBIDDEN`; unknown route: 404 `404 page not found`.
 - `bulk_supported = False` emulates a sidecar older than 1.10: both bulk paths are missing;
   `stable_bulk = False` a sidecar older than 1.17, where `/v1.0/publish/bulk/p/t` is routed as a
-  single publish to a pubsub named `bulk` (hence 404 `pubsub bulk not found`).
+  single publish to a pubsub named `bulk` (hence 404 `pubsub bulk not found`);
+  `alpha1_bulk = False` a (future) sidecar that dropped the alpha1 path.
 
 Faults, all thread-safe and effective for the next request:
 
@@ -40,8 +41,8 @@ Faults, all thread-safe and effective for the next request:
 - `reset_faults()` undoes all of these.
 
 Reading what arrived: `received` (a snapshot list of `Delivery`), `events(topic)` (the
-forwarded CloudEvents), `calls` (every HTTP request with its answer status), `wait_for(n)`,
-`clear()`.
+forwarded CloudEvents), `calls` (every HTTP request with its answer status), `connections`
+(TCP connections accepted so far), `wait_for(n)`, `clear()`.
 
 Usage::
 
@@ -73,7 +74,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["Call", "DaprEmulator", "Delivery"]
+__all__ = ["CLOUDEVENTS_JSON", "Call", "DaprEmulator", "Delivery"]
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 _REASONS = {
@@ -172,6 +173,7 @@ class DaprEmulator:
         app_id: str = "pakaura-api",
         bulk_supported: bool = True,
         stable_bulk: bool = True,
+        alpha1_bulk: bool = True,
         seed: int = 0,
         on_delivery: Callable[[Delivery], None] | None = None,
     ) -> None:
@@ -184,6 +186,8 @@ class DaprEmulator:
         self.app_id = app_id
         self.bulk_supported = bulk_supported
         self.stable_bulk = stable_bulk
+        self.alpha1_bulk = alpha1_bulk
+        self._connections = 0
         self.healthy = True
         self._on_delivery = on_delivery
 
@@ -285,6 +289,11 @@ class DaprEmulator:
     def events(self, topic: str | None = None) -> list[Any]:
         """The forwarded events, optionally of one topic, in arrival order."""
         return [d.event for d in self.received if topic is None or d.topic == topic]
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since start (keep-alive reuse keeps this low)."""
+        return self._connections
 
     def clear(self) -> None:
         with self._lock:
@@ -393,6 +402,7 @@ class DaprEmulator:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self._connections += 1
         try:
             while not self._stopping:
                 request = await self._read_request(reader)
@@ -525,6 +535,8 @@ class DaprEmulator:
                 continue
             if bulk and prefix == "/v1.0/publish/bulk/" and not self.stable_bulk:
                 continue
+            if bulk and prefix.startswith("/v1.0-alpha1") and not self.alpha1_bulk:
+                return None
             pubsub, _, topic = path[len(prefix) :].partition("/")
             return bulk, pubsub, topic
         return None

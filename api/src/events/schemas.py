@@ -140,7 +140,10 @@ def json_safe(value: Any) -> Any:
 
 
 class _Data(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Every field is always present on the wire, so the serialization schema requires it.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
+    )
 
 
 class TaskSnapshot(_Data):
