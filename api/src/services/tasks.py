@@ -29,6 +29,10 @@ __all__ = [
 
 StatusFilter = Literal["all", "pending", "completed"]
 
+# `task.id` is an INTEGER column (32-bit on PostgreSQL): a larger id cannot exist, and the
+# driver would fail on it (a 500) instead of answering like for any other missing task.
+MAX_TASK_ID = 2**31 - 1
+
 
 def create_task(session: Session, user_id: str, data: TaskCreate) -> Task:
     task = Task(user_id=user_id, **data.model_dump())
@@ -39,6 +43,8 @@ def create_task(session: Session, user_id: str, data: TaskCreate) -> Task:
 
 
 def get_task(session: Session, user_id: str, task_id: int) -> Task:
+    if not 0 < task_id <= MAX_TASK_ID:
+        raise TaskNotFound(task_id)
     task = session.exec(
         select(Task).where(Task.id == task_id, Task.user_id == user_id)
     ).one_or_none()
