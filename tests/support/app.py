@@ -1,0 +1,126 @@
+"""Building the real app against a test database, and tokens to call it with.
+
+    with make_client(db_url) as api:
+        api.client.post("/api/alice/tasks", json={...}, headers=api.auth("alice"))
+
+`make_client` sets the environment (DATABASE_URL, a test BETTER_AUTH_SECRET, extra settings),
+rebuilds settings and engine, runs `create_app()` and enters the TestClient so the lifespan
+runs; on exit everything is put back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from src.config import get_settings
+from src.db import get_engine, reset_engine
+from src.main import create_app
+from src.models import Task, outbox_table
+
+__all__ = ["TEST_SECRET", "Api", "bearer", "make_client", "make_token"]
+
+# Long enough for HS256 (>= 32 bytes); only ever used by tests.
+TEST_SECRET = "pakaura-tests-only-secret-0123456789abcdef"
+
+
+def make_token(
+    user: str | None,
+    *,
+    secret: str = TEST_SECRET,
+    algorithm: str = "HS256",
+    expires_in: timedelta | None = timedelta(hours=1),
+    **claims: Any,
+) -> str:
+    """A JWT built with PyJWT directly (not with the code under test).
+
+    `user=None` leaves out `sub`, `expires_in=None` leaves out `exp`.
+    """
+    now = datetime.now(UTC)
+    payload: dict[str, Any] = {"iat": now, **claims}
+    if user is not None:
+        payload["sub"] = user
+    if expires_in is not None:
+        payload["exp"] = now + expires_in
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def bearer(user: str, **kwargs: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user, **kwargs)}"}
+
+
+@dataclass
+class Api:
+    client: TestClient
+    app: FastAPI
+    db_url: str
+
+    def auth(self, user: str) -> dict[str, str]:
+        return bearer(user)
+
+    @property
+    def engine(self) -> sa.Engine:
+        return get_engine()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every task row, oldest first, as stored."""
+        table = Task.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            result = conn.execute(sa.select(table).order_by(table.c.id))
+            return [dict(row._mapping) for row in result]
+
+    def count(self, table: sa.Table | None = None) -> int:
+        target = Task.__table__ if table is None else table  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(target)).scalar_one())
+
+    def state(self) -> tuple[list[dict[str, Any]], int]:
+        """What a failed request must leave untouched: the tasks and the outbox backlog."""
+        return self.rows(), self.count(outbox_table)
+
+    def wipe(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(outbox_table.delete())
+            conn.execute(Task.__table__.delete())  # type: ignore[attr-defined]
+
+
+def app_env(db_url: str, secret: str | None = TEST_SECRET, **env: str) -> dict[str, str]:
+    values = {"DATABASE_URL": db_url, **{k.upper(): v for k, v in env.items()}}
+    if secret is not None:
+        values["BETTER_AUTH_SECRET"] = secret
+    return values
+
+
+def apply_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+
+
+@contextmanager
+def make_client(
+    db_url: str,
+    *,
+    secret: str | None = TEST_SECRET,
+    raise_server_exceptions: bool = True,
+    **env: str,
+) -> Iterator[Api]:
+    """The app built from the environment `db_url` + `env`, lifespan running."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        apply_env(monkeypatch, app_env(db_url, secret, **env))
+        reset_engine()
+        try:
+            app = create_app()
+            with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+                yield Api(client=client, app=app, db_url=db_url)
+        finally:
+            reset_engine()
+            get_settings.cache_clear()
