@@ -17,6 +17,7 @@ from src.config import Settings, get_settings, load_auth_secret
 from src.db import create_tables, get_engine
 from src.health import router as health_router
 from src.logging_setup import configure_logging
+from src.mcp_server import mount_mcp
 from src.request_context import correlation_id
 from src.routes.tasks import router as tasks_router
 from src.services import TaskNotFound
@@ -126,4 +127,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(tasks_router)
+    mount_mcp(app, settings)
     return app
