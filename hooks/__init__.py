@@ -1,11 +1,22 @@
 """SQLAlchemy ORM event hooks that turn committed row changes into outbox messages.
 
 Generic: it knows nothing of tasks, FastAPI or Dapr. The application gives it a rule
-(`RowChange` -> `Message`s) and a `Transport`.
+(`RowChange` -> `Message`s) and a `Transport`:
+
+    hooks.track(Model, rule, sink_factory=lambda session: hooks.OutboxSink(outbox_table))
+
+See docs/hooks.md for the write paths covered and the transaction semantics.
 """
 
+from hooks._capture import Tracker
+from hooks._outbox import DEFAULT_NOTIFY_CHANNEL, OutboxSink
 from hooks._outbox_table import DEFAULT_OUTBOX_TABLE, build_outbox_table
+from hooks._signal import WakeSignal
+from hooks._sink import Sink, SinkFactory
+from hooks._sqlite import install_sqlite_transaction_fix
 from hooks._sqltypes import UTCDateTime, utc_now
+from hooks._track import is_tracked, track, untrack
+from hooks._transaction import AfterCommitSink, CommitHandler, MemorySink, defer_until_commit
 from hooks._types import (
     ChangeKind,
     ChangeRule,
@@ -19,17 +30,31 @@ from hooks._types import (
 )
 
 __all__ = [
+    "DEFAULT_NOTIFY_CHANNEL",
     "DEFAULT_OUTBOX_TABLE",
+    "AfterCommitSink",
     "ChangeKind",
     "ChangeRule",
+    "CommitHandler",
     "HooksError",
+    "MemorySink",
     "Message",
+    "OutboxSink",
     "Outcome",
     "RowChange",
     "SendResult",
+    "Sink",
+    "SinkFactory",
+    "Tracker",
     "Transport",
     "UTCDateTime",
     "UnsupportedWritePath",
+    "WakeSignal",
     "build_outbox_table",
+    "defer_until_commit",
+    "install_sqlite_transaction_fix",
+    "is_tracked",
+    "track",
+    "untrack",
     "utc_now",
 ]
