@@ -1,0 +1,1 @@
+"""Benchmarks and harnesses (never timed assertions in tests)."""
