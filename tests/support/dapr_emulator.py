@@ -311,6 +311,17 @@ class DaprEmulator:
                 raise TimeoutError(f"expected {count} deliveries, got {len(got)}")
             time.sleep(0.005)
 
+    def wait_for_calls(self, count: int, timeout: float = 5.0) -> list[Call]:
+        """Waits until at least `count` requests were answered (or given up, when hung)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.calls
+            if len(got) >= count:
+                return got
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"expected {count} calls, got {len(got)}")
+            time.sleep(0.005)
+
     # --- configuration and faults --------------------------------------------------------------
 
     @property
@@ -418,6 +429,9 @@ class DaprEmulator:
                 if not keep_alive:
                     return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            return
+        except asyncio.CancelledError:
+            # Shutting down; swallowed because asyncio's stream callback would log it.
             return
         finally:
             self._writers.discard(writer)

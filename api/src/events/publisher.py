@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import importlib.util
 import json
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,12 @@ from src.events.schemas import (
     build_task_event,
     topic_for,
 )
+
+# httpcore tries `import sniffio` on every lock set-up (several per request). Without sniffio
+# installed, each failed import searches sys.path again: ~1 ms of CPU per request measured
+# here. Recording the absence once makes that import fail fast; behaviour is unchanged.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
@@ -601,8 +609,10 @@ class EventPublisher:
                     limits=httpx.Limits(
                         max_connections=16, max_keepalive_connections=8, keepalive_expiry=30
                     ),
-                    # The sidecar is local: never route it through an HTTP(S)_PROXY.
+                    # The sidecar is local plain HTTP: never route it through an HTTP(S)_PROXY,
+                    # and skip loading a CA bundle (tens of ms per client).
                     trust_env=False,
+                    verify=False,
                 )
                 self._clients[loop] = client
             return client

@@ -33,9 +33,12 @@ if TYPE_CHECKING:
     from src.config import Settings
 
 __all__ = [
+    "DATA_CONTENT_TYPE",
     "EVENT_TYPES",
     "LIFECYCLE_ACTIONS",
     "REMINDER_ACTIONS",
+    "SPEC_VERSION",
+    "TASK_SYNC",
     "TOPIC_SETTING_FOR_TYPE",
     "CloudEvent",
     "EventSchemaError",
