@@ -30,16 +30,26 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def mcp_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """`db_url` (SQLite file / scratch PostgreSQL) as the settings' database, tables created."""
-    monkeypatch.setenv("DATABASE_URL", db_url)
+def _use_database(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)
     get_settings.cache_clear()
     reset_engine()
     create_tables(get_engine())
-    yield db_url
+    yield url
     reset_engine()  # PostgreSQL: no connection may survive into the next test's schema reset
+
+
+@pytest.fixture
+def mcp_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """`db_url` (SQLite file / scratch PostgreSQL) as the settings' database, tables created."""
+    yield from _use_database(db_url, monkeypatch)
+
+
+@pytest.fixture
+def mcp_sqlite_db(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """As `mcp_db`, SQLite only: for costly transport tests that do not depend on the DB."""
+    yield from _use_database(sqlite_url, monkeypatch)
 
 
 def token(user: str | None, *, secret: str = SECRET, expires_in: int = 3600) -> str:

@@ -191,6 +191,8 @@ BAD_CALLS: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("update_task", {"task_id": 999_999, "title": "x"}, ("task 999999 not found", "list_tasks")),
     ("update_task", {"task_id": "abc", "title": "x"}, ("task_id", "integer")),
     ("complete_task", {"task_id": 999_999}, ("task 999999 not found",)),
+    ("complete_task", {"task_id": 2**31}, ("not found",)),  # beyond the id column's range
+    ("complete_task", {"task_id": 2**70}, ("not found",)),
     ("complete_task", {}, ("task_id", "required")),
     ("uncomplete_task", {"task_id": 999_999}, ("task 999999 not found",)),
     ("delete_task", {"task_id": 999_999}, ("task 999999 not found",)),
