@@ -28,9 +28,10 @@ def messages_for(task_ids: Sequence[int], settings: Settings | None = None) -> l
     out = []
     for n, task_id in enumerate(task_ids):
         when = T0 + timedelta(seconds=n)
-        row = {
+        user_id = f"user-{task_id % 3}"
+        row: dict[str, Any] = {
             "id": task_id,
-            "user_id": f"user-{task_id % 3}",
+            "user_id": user_id,
             "title": f"task {task_id} #{n}",
             "description": None,
             "completed": False,
@@ -50,7 +51,7 @@ def messages_for(task_ids: Sequence[int], settings: Settings | None = None) -> l
             build_sync_event(
                 action="updated",
                 task_id=task_id,
-                user_id=row["user_id"],
+                user_id=user_id,
                 source="pakaura-api",
                 correlation_id=None,
                 time=when,
