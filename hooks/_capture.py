@@ -59,10 +59,14 @@ class Tracker:
     listeners: list[tuple[Any, str, Callable[..., Any]]] = field(default_factory=list)
     # Columns the UPDATE itself sets (onupdate): they never enter committed_state.
     onupdate_keys: tuple[str, ...] = ()
+    deferred_keys: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.configure(self.rule, self.sink_factory, self.ignore)
         self._by_identity = self._identity_select()
+        self.deferred_keys = frozenset(
+            prop.key for prop in self.mapper.column_attrs if prop.key in self.keys and prop.deferred
+        )
         self.onupdate_keys = tuple(
             key
             for key, column in zip(self.keys, self.columns, strict=True)
@@ -125,12 +129,40 @@ class Tracker:
                 found[self.identity_of(row)] = row
         return found
 
-    def _complete(
-        self, known: Mapping[str, Any], connection: Connection, identity: tuple[Any, ...]
-    ) -> dict[str, Any]:
-        """`known` plus the columns the ORM did not load, read from the row itself."""
-        stored = self.load_rows(connection, [identity]).get(identity, {})
-        return {key: known[key] if key in known else stored.get(key) for key in self.keys}
+    def _unknown(self, state: InstanceState[Any]) -> list[str]:
+        """Tracked columns absent from `state.dict` whose value only the row knows.
+
+        Expired attributes (a server default after INSERT, `session.expire()`) and deferred
+        ones. A column that is merely unloaded (never set, no server default) is NULL.
+        """
+        values = state.dict
+        return [
+            key
+            for key in self.keys
+            if key not in values
+            and (
+                key in state.expired_attributes
+                or key in state.callables
+                or key in self.deferred_keys
+            )
+        ]
+
+    def snapshot(self, state: InstanceState[Any], connection: Connection) -> dict[str, Any]:
+        """Every tracked column of the row as it is now (during the flush)."""
+        values = state.dict
+        try:
+            return {key: values[key] for key in self.keys}
+        except KeyError:
+            pass
+        row = {key: values.get(key) for key in self.keys}
+        unknown = self._unknown(state)
+        if unknown:
+            # Per-row SQL, but only for columns the ORM did not load; on the flush's connection.
+            identity = _state_identity(state, self)
+            stored = self.load_rows(connection, [identity]).get(identity, {})
+            for key in unknown:
+                row[key] = stored.get(key)
+        return row
 
     def derive(self, change: RowChange) -> list[Message]:
         return list(self.rule(change))
@@ -149,12 +181,7 @@ class Tracker:
 
     def after_insert(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
         state = instance_state(target)
-        values = state.dict
-        try:
-            new = {key: values[key] for key in self.keys}
-        except KeyError:  # a server-generated column the ORM did not fetch
-            identity = tuple(values.get(key) for key in self.pk_keys)
-            new = self._complete(values, connection, identity)
+        new = self.snapshot(state, connection)
         self._record(state, connection, self.change("insert", self.identity_of(new), {}, new))
 
     def before_update(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
@@ -186,11 +213,7 @@ class Tracker:
         ]
         if not changed:
             return  # same-value assignment or only ignored columns (updated_at)
-        try:
-            new = {key: values[key] for key in self.keys}
-        except KeyError:
-            identity = tuple(values.get(key) for key in self.pk_keys)
-            new = self._complete(values, connection, identity)
+        new = self.snapshot(state, connection)
         old = dict(new)
         for key in self.keys:
             if key in committed:
@@ -202,7 +225,7 @@ class Tracker:
 
     def before_delete(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
         state = instance_state(target)
-        if all(key in state.dict for key in self.keys):
+        if not self._unknown(state):
             return
         # Deleting an expired object loads nothing: read its last stored row before it goes.
         identity = _state_identity(state, self)
