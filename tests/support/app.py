@@ -26,10 +26,10 @@ from src.db import get_engine, reset_engine
 from src.main import create_app
 from src.models import Task, outbox_table
 
-__all__ = ["TEST_SECRET", "Api", "bearer", "make_client", "make_token"]
+__all__ = ["TASK_ROUTES", "TEST_SECRET", "Api", "bearer", "make_client", "make_token"]
 
 # Long enough for HS256 (>= 32 bytes); only ever used by tests.
-TEST_SECRET = "pakaura-tests-only-secret-0123456789abcdef"
+TEST_SECRET = "pakaura-tests-only-secret-0123456789abcdef-0123456789abcdef-0123456789"
 
 
 def make_token(
@@ -124,3 +124,17 @@ def make_client(
         finally:
             reset_engine()
             get_settings.cache_clear()
+
+
+# Every task route as (method, path template, body); `{task_id}` is filled in by the test.
+TASK_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/api/{user}/tasks", None),
+    ("POST", "/api/{user}/tasks", {"title": "New task"}),
+    ("DELETE", "/api/{user}/tasks/completed", None),
+    ("GET", "/api/{user}/tasks/{task_id}", None),
+    ("PUT", "/api/{user}/tasks/{task_id}", {"title": "Changed"}),
+    ("PATCH", "/api/{user}/tasks/{task_id}", {"description": "Changed"}),
+    ("DELETE", "/api/{user}/tasks/{task_id}", None),
+    ("PATCH", "/api/{user}/tasks/{task_id}/complete", None),
+    ("PATCH", "/api/{user}/tasks/{task_id}/uncomplete", None),
+]
