@@ -109,12 +109,22 @@ class Delivery:
     # The CloudEvent as Dapr forwards it (our envelope plus topic/pubsubname/trace fields, or a
     # Dapr-made envelope around a non-CloudEvent payload); the raw payload with rawPayload.
     event: Any
-    # The payload as published: the request body, or the entry's `event` re-serialised.
-    raw: bytes
+    # As published: the request body (bytes), or a bulk entry's `event` value.
+    payload: Any
     bulk: bool
     entry_id: str | None
     path: str
     received_at: float = field(default_factory=time.time)
+
+    @property
+    def raw(self) -> bytes:
+        """The payload bytes: the body, or the bulk entry's `event` as compact JSON (which is
+        byte-for-byte what `CloudEvent.to_json()` produced for our events)."""
+        if isinstance(self.payload, bytes):
+            return self.payload
+        if isinstance(self.payload, str) and not self.content_type.endswith("json"):
+            return self.payload.encode()
+        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +205,7 @@ class DaprEmulator:
         self._received: list[Delivery] = []
         self._calls: list[Call] = []
         self._random = random.Random(seed)
+        self._ids = random.Random()  # trace ids; separate so faults stay reproducible
 
         self._hang = False
         self._fail_fraction = 0.0
@@ -574,14 +585,24 @@ class DaprEmulator:
     # --- publishing ----------------------------------------------------------------------------
 
     def _envelope(
-        self, pubsub: str, topic: str, content_type: str, payload: bytes, metadata: dict[str, str]
+        self,
+        pubsub: str,
+        topic: str,
+        content_type: str,
+        payload: bytes,
+        metadata: dict[str, str],
+        parsed: Any = None,
     ) -> Any:
-        """What Dapr hands to the broker for one message (runtime/pubsub NewCloudEvent)."""
+        """What Dapr hands to the broker for one message (runtime/pubsub NewCloudEvent).
+
+        `parsed`: the payload already decoded (bulk entries), to skip a JSON round trip.
+        """
         if metadata.get("rawPayload", "").lower() == "true":
-            return _maybe_json(payload)
-        trace_id = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+            return parsed if parsed is not None else _maybe_json(payload)
+        bits = self._ids.getrandbits
+        trace_id = f"00-{bits(128):032x}-{bits(64):016x}-01"
         if content_type.split(";")[0].strip().lower() == CLOUDEVENTS_JSON:
-            event = json.loads(payload)
+            event = dict(parsed) if isinstance(parsed, dict) else json.loads(payload)
             if not isinstance(event, dict):
                 raise ValueError("a CloudEvent must be a JSON object")
             event.setdefault("specversion", "1.0")
@@ -638,7 +659,7 @@ class DaprEmulator:
                     metadata=metadata,
                     content_type=content_type,
                     event=event,
-                    raw=request.body,
+                    payload=request.body,
                     bulk=False,
                     entry_id=None,
                     path=request.path,
@@ -674,15 +695,15 @@ class DaprEmulator:
             seen.add(entry_id)
             content_type = entry.get("contentType") or ""
             raw_event = entry.get("event")
-            if isinstance(raw_event, str) and not content_type.endswith("json"):
-                payload = raw_event.encode()
-            else:
-                payload = json.dumps(raw_event).encode()
             entry_meta = entry.get("metadata")
             # runtime: entry metadata over request metadata, only for entries that have some.
             effective = {**metadata, **entry_meta} if entry_meta else dict(metadata)
             try:
-                event = self._envelope(pubsub, topic, content_type, payload, effective)
+                if isinstance(raw_event, dict | list):
+                    event = self._envelope(pubsub, topic, content_type, b"", effective, raw_event)
+                else:
+                    text = raw_event if isinstance(raw_event, str) else json.dumps(raw_event)
+                    event = self._envelope(pubsub, topic, content_type, text.encode(), effective)
             except ValueError:
                 return _dapr_error(500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent")
             prepared.append(
@@ -692,7 +713,7 @@ class DaprEmulator:
                     metadata=effective,
                     content_type=content_type,
                     event=event,
-                    raw=payload,
+                    payload=raw_event,
                     bulk=True,
                     entry_id=entry_id,
                     path=request.path,
