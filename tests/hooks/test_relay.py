@@ -1,0 +1,135 @@
+"""The outbox relay with an in-memory transport, on SQLite and PostgreSQL (issue 8, T-016)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from loguru import logger
+
+from hooks._relay import RelayState
+from hooks._signal import WakeSignal
+from tests.support.fake_transport import FakeTransport
+from tests.support.relay_helpers import (
+    count_rows,
+    eventually,
+    expected_order,
+    interleaved,
+    make_outbox,
+    outbox_rows,
+    quick_relay,
+    write_events,
+)
+
+
+@pytest.fixture
+def outbox(db_url: str) -> Iterator[tuple[sa.Engine, sa.Table]]:
+    engine, table = make_outbox(db_url)
+    yield engine, table
+    engine.dispose()
+
+
+@pytest.fixture
+def error_logs() -> Iterator[list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    sink = logger.add(lambda m: records.append(m.record), level="WARNING")
+    yield records
+    logger.remove(sink)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def test_delivers_every_committed_row_once_in_per_key_order(outbox: Any) -> None:
+    fake = FakeTransport()
+    events = interleaved(keys=15, per_key=6)
+    ids = write_events(*outbox, events)
+
+    async def scenario() -> None:
+        relay = quick_relay(outbox, fake, batch_size=40)
+        await relay.start()
+        await eventually(lambda: len(fake.delivered) >= len(events))
+        await relay.stop()
+        assert relay.status().published == len(events)
+
+    run(scenario)
+    assert fake.per_key() == expected_order(events, ids)
+    assert sorted(m.id for m in fake.delivered) == sorted(ids)  # nothing twice
+    assert fake.overlaps == []
+    assert max(c.size for c in fake.calls) > 1  # batches, not one call per event
+    assert count_rows(*outbox) == 0
+
+
+def test_local_wake_signal_starts_delivery_without_waiting_for_the_poll(outbox: Any) -> None:
+    fake = FakeTransport()
+    wake = WakeSignal()
+
+    async def scenario() -> None:
+        relay = quick_relay(outbox, fake, wake=wake, poll_interval=30.0)
+        await relay.start()
+        await eventually(lambda: relay.state is RelayState.LEADER)
+        await asyncio.sleep(0.1)  # the first (empty) round is done; now it waits 30 s
+        write_events(*outbox, [("task-events", "1")])
+        await asyncio.sleep(0.3)
+        assert fake.delivered == []  # no wake-up, no delivery before the poll
+        started = time.monotonic()
+        wake.notify()  # what the outbox writer does after commit
+        await eventually(lambda: len(fake.delivered) == 1, timeout=2.0)
+        assert time.monotonic() - started < 1.0
+        await relay.stop()
+
+    run(scenario)
+
+
+def test_rolled_back_writes_are_never_sent(outbox: Any) -> None:
+    fake = FakeTransport()
+    wake = WakeSignal()
+    engine, table = outbox
+    notify = "event_outbox" if engine.dialect.name == "postgresql" else None
+
+    async def scenario() -> None:
+        relay = quick_relay(outbox, fake, wake=wake)
+        await relay.start()
+        write_events(engine, table, [("task-events", "1")] * 3, notify=notify, rollback=True)
+        wake.notify()
+        kept = write_events(engine, table, [("task-events", "2")], notify=notify)
+        wake.notify()
+        await eventually(lambda: len(fake.delivered) == 1)
+        await asyncio.sleep(0.2)
+        await relay.stop()
+        assert [m.id for m in fake.delivered] == kept
+
+    run(scenario)
+    assert count_rows(engine, table) == 0
+
+
+def test_a_failing_key_holds_back_only_its_own_later_events(outbox: Any) -> None:
+    fake = FakeTransport()
+    engine, table = outbox
+    events = [("task-events", "slow"), ("task-events", "slow"), ("task-events", "fast")] * 3
+    ids = write_events(engine, table, events)
+    fake.fail_ids.add(ids[0])  # the first "slow" event fails until we let it through
+    fast_ids = [i for e, i in zip(events, ids, strict=True) if e[1] == "fast"]
+
+    async def scenario() -> None:
+        relay = quick_relay(outbox, fake, base_backoff=0.05, max_backoff=0.2)
+        await relay.start()
+        await eventually(lambda: [m.id for m in fake.delivered] == fast_ids)
+        await asyncio.sleep(0.3)  # several retries of the failing head
+        assert all(m.key != "slow" for m in fake.delivered)
+        head = outbox_rows(engine, table)[0]
+        assert head.event_id == ids[0]
+        assert head.attempts >= 2
+        assert "503" in head.last_error
+        fake.fail_ids.clear()
+        await eventually(lambda: len(fake.delivered) == len(events))
+        await relay.stop()
+
+    run(scenario)
+    assert fake.per_key() == expected_order(events, ids)
+    assert fake.overlaps == []
