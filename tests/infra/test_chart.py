@@ -258,6 +258,14 @@ def test_dapr_off_means_no_sidecar_and_no_token() -> None:
     assert "DAPR_API_TOKEN" not in resolve_env(rendered, container(deployment, "api"))
 
 
+def test_api_token_can_be_turned_off() -> None:
+    rendered = render({"dapr": {"apiToken": {"enabled": False}}})
+    deployment = api(rendered)
+    assert pod_annotations(deployment)["dapr.io/enabled"] == "true"
+    assert "dapr.io/api-token-secret" not in pod_annotations(deployment)
+    assert "DAPR_API_TOKEN" not in resolve_env(rendered, container(deployment, "api"))
+
+
 def test_probes_point_at_health(case: tuple[str, Rendered]) -> None:
     _, rendered = case
     item = container(api(rendered), "api")
