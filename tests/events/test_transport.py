@@ -248,6 +248,18 @@ def test_http_500_is_transient(dapr: DaprEmulator, publisher_for: MakePublisher)
     assert {r.status for r in results} <= {503, None}
 
 
+def test_a_broker_outage_does_not_cost_a_request_per_event(
+    dapr: DaprEmulator, publisher_for: MakePublisher, log_records: list[dict[str, Any]]
+) -> None:
+    dapr.fail_fraction(1.0, status=500)
+    transport = DaprTransport(publisher_for(dapr_bulk_publish="never"))
+    results = send(transport, messages_for(range(1, 21)))
+    assert outcomes(results) == [Outcome.TRANSIENT] * 40
+    # Three failures in a row per topic, then the rest waits for the next round.
+    assert len(dapr.calls) == 6
+    assert len([r for r in log_records if r["extra"].get("outcome") == "transient"]) == 6
+
+
 @pytest.mark.parametrize(
     ("setup", "status"),
     [

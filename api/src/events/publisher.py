@@ -31,6 +31,7 @@ import httpx
 from loguru import logger
 
 from src.config import Settings, get_settings
+from src.request_context import correlation_id as current_correlation_id
 from src.events.schemas import (
     CloudEvent,
     EventSchemaError,
@@ -69,9 +70,13 @@ _READY_PATH: Final = "/v1.0/healthz/outbound"
 _ROUTE_MISSING: Final = frozenset({404, 405, 501})
 _CONFIG_STATUSES: Final = frozenset({400, 401, 403, 404})
 _RETRYABLE_4XX: Final = frozenset({408, 425, 429})
-# Statuses that say nothing about one event but about the whole topic/pubsub/token: after one,
-# the rest of the batch for that topic is not attempted.
-_TOPIC_WIDE: Final = frozenset({401, 403, 404})
+# Statuses that say nothing about one event but about the whole topic/pubsub/token (a bad
+# single event gets 500 "cannot create cloudevent" from Dapr, not 400): after one, the rest of
+# the batch for that topic is not attempted.
+_TOPIC_WIDE: Final = frozenset({400, 401, 403, 404})
+# Single publishes that fail in a row before the rest of a topic's batch is left for later
+# (a broker outage answers 500 to every event: no point in hundreds of requests and logs).
+_MAX_FAILURES_IN_A_ROW: Final = 3
 # Dapr's default max request body is 4 MB; stay well below it.
 _MAX_BULK_BYTES: Final = 1_000_000
 _MAX_BULK_ENTRIES: Final = 1_000
@@ -158,6 +163,7 @@ class _TopicRun:
 
     blocked: dict[str, PublishResult] = field(default_factory=dict)
     abort: PublishResult | None = None
+    failures_in_a_row: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,11 +262,8 @@ class EventPublisher:
     # --- building (T-010 builders with the configured source and request correlation id) --------
 
     def _correlation(self, correlation_id: str | None) -> str | None:
-        if correlation_id is not None:
-            return correlation_id
-        from src.request_context import correlation_id as current
-
-        return current.get()
+        # Default: the X-Request-ID of the request being served, if any.
+        return correlation_id if correlation_id is not None else current_correlation_id.get()
 
     def _build_cloud_event(
         self,
@@ -470,7 +473,7 @@ class EventPublisher:
             pending = self._skip_blocked(wave, results, run)
             if not pending:
                 continue
-            if not self._use_bulk(len(pending)) and self._bulk_mode != "always":
+            if not self._use_bulk(len(pending)):  # one event left in the wave: single publish
                 await self._send_singles(topic, pending, results, run)
             else:
                 for chunk in _chunks(pending):
@@ -498,11 +501,20 @@ class EventPublisher:
                 )
         return pending
 
-    def _settle(self, message: OutgoingEvent, result: PublishResult, run: _TopicRun) -> None:
+    def _settle(
+        self, message: OutgoingEvent, result: PublishResult, run: _TopicRun, *, single: bool
+    ) -> None:
+        """Records a result: a failure blocks the key; some failures stop the whole topic."""
         if result.ok:
+            run.failures_in_a_row = 0
             return
         run.blocked[message.key] = result
-        if result.dapr_status is None or result.dapr_status in _TOPIC_WIDE:
+        run.failures_in_a_row += 1
+        if (
+            result.dapr_status is None
+            or result.dapr_status in _TOPIC_WIDE
+            or (single and run.failures_in_a_row >= _MAX_FAILURES_IN_A_ROW)
+        ):
             run.abort = result
 
     async def _send_singles(
@@ -520,7 +532,7 @@ class EventPublisher:
                 fields = _LogFields.of_body(message.body, message.id, message.key)
                 self._log(result, topic, fields, None)
                 results[index] = result
-                self._settle(message, result, run)
+                self._settle(message, result, run, single=True)
 
     async def _send_bulk_chunk(
         self,
@@ -585,7 +597,7 @@ class EventPublisher:
             entry_error = (failed_ids or {}).get(message.id) or answer.error
             result = PublishResult(outcome, answer.status, entry_error, message.id)
             results[index] = result
-            self._settle(message, result, run)
+            self._settle(message, result, run, single=False)
             failed += 1
         summary = PublishResult(outcome, answer.status, answer.error)
         if failed_ids is None and (answer.status is None or answer.status in _TOPIC_WIDE):
