@@ -31,7 +31,6 @@ import httpx
 from loguru import logger
 
 from src.config import Settings, get_settings
-from src.request_context import correlation_id as current_correlation_id
 from src.events.schemas import (
     CloudEvent,
     EventSchemaError,
@@ -43,6 +42,7 @@ from src.events.schemas import (
     build_task_event,
     topic_for,
 )
+from src.request_context import correlation_id as current_correlation_id
 
 # httpcore tries `import sniffio` on every lock set-up (several per request). Without sniffio
 # installed, each failed import searches sys.path again: ~1 ms of CPU per request measured
