@@ -7,6 +7,7 @@ T-013: the Dapr settings (`DAPR_ENABLED`, `DAPR_HTTP_PORT`, `DAPR_PUBSUB_NAME`,
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 __all__ = ["DEV_SECRET_FILE", "Settings", "SettingsError", "get_settings", "load_auth_secret"]
 
@@ -126,6 +128,14 @@ def get_settings() -> Settings:
     except ValidationError as exc:
         raise SettingsError(
             f"invalid setting {_describe(exc)} (fix the environment variable or .env)"
+        ) from None
+    except SourceError as exc:
+        # A list setting that is not JSON fails while being read, before validation.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = match.group(1).upper() if match else "settings"
+        raise SettingsError(
+            f'invalid setting {name}: not valid JSON (a list is written ["a", "b"]) '
+            "(fix the environment variable or .env)"
         ) from None
 
 
