@@ -108,9 +108,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def live_app(mcp_db: str) -> Iterator[LiveApp]:
-    """`create_app()` served by uvicorn on a free local port, lifespan included."""
+def _serve() -> Iterator[LiveApp]:
     from src.main import create_app
 
     port = _free_port()
@@ -127,6 +125,18 @@ def live_app(mcp_db: str) -> Iterator[LiveApp]:
     yield LiveApp(f"http://127.0.0.1:{port}")
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_app(mcp_db: str) -> Iterator[LiveApp]:
+    """`create_app()` served by uvicorn on a free local port, lifespan included."""
+    yield from _serve()
+
+
+@pytest.fixture
+def live_sqlite_app(mcp_sqlite_db: str) -> Iterator[LiveApp]:
+    """As `live_app`, SQLite only: for transport checks that do not depend on the DB."""
+    yield from _serve()
 
 
 @asynccontextmanager

@@ -36,8 +36,9 @@ BAD_AUTHORIZATION = {
 
 
 async def test_requests_without_a_valid_bearer_token_get_401(
-    live_app: LiveApp, subtests: pytest.Subtests
+    live_sqlite_app: LiveApp, subtests: pytest.Subtests
 ) -> None:
+    live_app = live_sqlite_app
     for case, authorization in BAD_AUTHORIZATION.items():
         with subtests.test(case=case):
             headers = dict(JSONRPC_HEADERS)
@@ -97,15 +98,16 @@ async def test_every_tool_works_over_http(live_app: LiveApp) -> None:
     assert task_rows() == []
 
 
-async def test_handshake_era_clients_work_too(live_app: LiveApp) -> None:
+async def test_handshake_era_clients_work_too(live_sqlite_app: LiveApp) -> None:
     """Clients that still use the initialize handshake (protocol 2025-xx) are served."""
+    live_app = live_sqlite_app
     async with http_client(live_app.mcp_url, token("dave"), mode="legacy") as client:
         assert client.protocol_version.startswith("2025")
         assert (await ok(client, "add_task", {"title": "legacy"}))["status"] == "created"
 
 
 def test_mcp_without_slash_redirects_and_hosts_are_checked(
-    mcp_db: str, monkeypatch: pytest.MonkeyPatch
+    mcp_sqlite_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A Kubernetes Service name, as the chart would configure it.
     monkeypatch.setenv("MCP_ALLOWED_HOSTS", '["pakaura-api", "pakaura-api.tasks.svc:*"]')

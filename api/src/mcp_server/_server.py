@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
-from fastapi import FastAPI
 from loguru import logger
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
@@ -23,6 +23,9 @@ from pydantic import AnyHttpUrl
 from src.config import Settings
 from src.mcp_server.auth import JWTTokenVerifier, token_subject
 from src.mcp_server.task_operations import UserProvider, register_task_tools
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI  # not imported at run time: stdio starts faster without it
 
 __all__ = ["MCP_PATH", "build_mcp_server", "mount_mcp", "run_stdio"]
 
