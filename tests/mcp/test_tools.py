@@ -37,7 +37,8 @@ async def test_tools_are_listed_with_described_parameters_and_output_schemas() -
     assert tools["add_task"].input_schema["required"] == ["title"]
     assert tools["update_task"].input_schema["required"] == ["task_id"]
     assert "offset" in tools["add_task"].input_schema["properties"]["due_date"]["description"]
-    assert tools["list_tasks"].output_schema["required"] == ["tasks"]
+    list_output = tools["list_tasks"].output_schema
+    assert list_output is not None and list_output["required"] == ["tasks"]
     assert tools["list_tasks"].annotations and tools["list_tasks"].annotations.read_only_hint
     assert tools["delete_task"].annotations and tools["delete_task"].annotations.destructive_hint
 
