@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from hooks._leader import describe_leader
-from hooks._relay import DEFAULT_NOTIFY_CHANNEL, RETRY_NOTIFY_PAYLOAD
+from hooks._outbox import DEFAULT_NOTIFY_CHANNEL
+from hooks._relay import RETRY_NOTIFY_PAYLOAD
 from hooks._sqltypes import utc_now
 
 __all__ = ["OutboxStatus", "outbox_retry", "outbox_status"]

@@ -44,13 +44,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hooks._leader import Leadership, leadership_for, psycopg_conninfo
 from hooks._metrics import RelayMetrics
-from hooks._outbox_table import DEFAULT_OUTBOX_TABLE
+from hooks._outbox import DEFAULT_NOTIFY_CHANNEL  # the channel the writer NOTIFYs on
 from hooks._signal import WakeSignal
 from hooks._sqltypes import utc_now
 from hooks._types import HooksError, Message, Outcome, SendResult, Transport
 
 __all__ = [
-    "DEFAULT_NOTIFY_CHANNEL",
     "RETRY_NOTIFY_PAYLOAD",
     "OutboxRelay",
     "RelayConfigError",
@@ -58,8 +57,6 @@ __all__ = [
     "RelayStatus",
 ]
 
-# The outbox writer NOTIFYs on this channel by default (the table's name).
-DEFAULT_NOTIFY_CHANNEL = DEFAULT_OUTBOX_TABLE
 # `outbox_retry` sends this payload on the channel: the leader forgets its pauses at once.
 RETRY_NOTIFY_PAYLOAD = "retry"
 
