@@ -52,7 +52,7 @@ BAD_TOKENS: dict[str, Callable[[], str]] = {
     "blank sub": lambda: make_token("   "),
     "not yet valid": lambda: make_token("alice", nbf=datetime.now(UTC) + timedelta(hours=1)),
     "alg none": lambda: jwt.encode(
-        {"sub": "alice", "exp": datetime.now(UTC) + timedelta(hours=1)}, None, algorithm="none"
+        {"sub": "alice", "exp": datetime.now(UTC) + timedelta(hours=1)}, "", algorithm="none"
     ),
     "alg HS512 with the right secret": lambda: make_token("alice", algorithm="HS512"),
     "alg HS384 with the right secret": lambda: make_token("alice", algorithm="HS384"),
