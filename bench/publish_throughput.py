@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from loguru import logger
 from src.config import Settings
@@ -33,9 +34,10 @@ def _messages(count: int, settings: Settings) -> list[Message]:
     task_id = 0
     while len(out) < count:
         task_id += 1
-        row = {
+        user_id = f"user-{task_id % 50}"
+        row: dict[str, Any] = {
             "id": task_id,
-            "user_id": f"user-{task_id % 50}",
+            "user_id": user_id,
             "title": f"Task number {task_id}",
             "description": "Some description text of a typical length for a task.",
             "completed": False,
@@ -50,7 +52,7 @@ def _messages(count: int, settings: Settings) -> list[Message]:
             build_sync_event(
                 action="created",
                 task_id=task_id,
-                user_id=row["user_id"],
+                user_id=user_id,
                 source="bench",
                 correlation_id="r",
             ),
