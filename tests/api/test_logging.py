@@ -71,8 +71,8 @@ def test_log_level_filters(stream: io.StringIO) -> None:
 
 
 def test_sql_is_logged_only_with_log_sql(sqlite_url: str) -> None:
-    def sql_lines(**env: str) -> list[str]:
-        with make_client(sqlite_url, **env) as api:
+    def sql_lines(log_sql: str) -> list[str]:
+        with make_client(sqlite_url, LOG_SQL=log_sql) as api:
             records: list[str] = []
             sink = logger.add(lambda m: records.append(m.record["message"]), level="DEBUG")
             try:
@@ -81,8 +81,8 @@ def test_sql_is_logged_only_with_log_sql(sqlite_url: str) -> None:
                 logger.remove(sink)
         return [m for m in records if "SELECT" in m]
 
-    assert sql_lines() == []
-    assert sql_lines(LOG_SQL="true") != []
+    assert sql_lines("false") == []
+    assert sql_lines("true") != []
 
 
 def test_no_token_or_secret_reaches_the_logs(sqlite_url: str) -> None:
