@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 
@@ -32,6 +36,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 1024 * 1024
 REQUEST_ID_HEADER = b"x-request-id"
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive` once a body passes the limit. An HTTPException, so FastAPI's body
+    parsing re-raises it (any other exception there becomes a 400) and answers 413."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"request body larger than {MAX_BODY_BYTES} bytes"
+        )
 
 
 class RequestContextMiddleware:
@@ -65,20 +79,68 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, raw_id)]
             await send(message)
 
+        # A chunked body declares no length: count what arrives, so a streamed body cannot
+        # grow past the limit in memory either (issue 7: 200 MiB used to be read whole).
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
+        too_large = JSONResponse(
+            {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"},
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+        )
         try:
             if length > MAX_BODY_BYTES:
-                response = JSONResponse(
-                    {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"},
-                    status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                )
-                await response(scope, receive, send_with_id)
+                await too_large(scope, receive, send_with_id)
                 return
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, limited_receive, send_tracked)
+            except _BodyTooLarge:
+                # FastAPI turns it into a 413 itself; other mounted apps (MCP) land here.
+                if not started:
+                    await too_large(scope, receive, send_with_id)
         finally:
             correlation_id.reset(token)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_safe(value: Any) -> Any:
+    """An echoed input as JSON can carry it: NaN/Infinity become strings, and unpaired
+    surrogates (valid as JSON escapes, not encodable as UTF-8) become U+FFFD."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler answered 500 when the echoed input was 1e999, NaN or "\ud800"
+        # (issue 7).
+        detail = _json_safe(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     @app.exception_handler(TaskNotFound)
     async def _not_found(_: Request, exc: TaskNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)

@@ -6,7 +6,8 @@ change a task without its events.
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -37,6 +38,10 @@ MAX_DESCRIPTION = 1000
 def _require_offset(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("due_date needs a time zone offset, e.g. 2026-12-01T09:00:00+01:00")
+    try:
+        value.astimezone(UTC)  # stored in UTC: 0001-01-01T00:00+01:00 has no UTC form
+    except OverflowError:
+        raise ValueError("due_date is out of range once converted to UTC") from None
     return value
 
 
@@ -44,12 +49,26 @@ def _strip(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
+# PostgreSQL text cannot hold NUL and a lone surrogate has no UTF-8 form: both used to fail
+# at INSERT with a 500; refused here they are a 422 naming the field (issue 7).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable_text(value: str) -> str:
+    if _UNSTORABLE.search(value):
+        raise ValueError("must not contain NUL (U+0000) or unpaired surrogates (U+D800-U+DFFF)")
+    return value
+
+
 Title = Annotated[
     str,
     BeforeValidator(_strip),
     StringConstraints(min_length=1, max_length=MAX_TITLE),
+    AfterValidator(_storable_text),
 ]
-Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)]
+Description = Annotated[
+    str, StringConstraints(max_length=MAX_DESCRIPTION), AfterValidator(_storable_text)
+]
 AwareDatetime = Annotated[datetime, AfterValidator(_require_offset)]
 
 

@@ -18,6 +18,8 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"])
 
 MAX_PAGE = 500
+# `offset` is bound as a BIGINT by PostgreSQL: a larger one used to answer 500 (issue 7).
+MAX_OFFSET = 2**31 - 1
 
 
 class DeletedCount(BaseModel):
@@ -30,7 +32,7 @@ def list_tasks(
     session: SessionDep,
     status_filter: Annotated[services.StatusFilter, Query(alias="status")] = "all",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[Task]:
     return services.list_tasks(session, user_id, status_filter, limit=limit, offset=offset)
 
