@@ -102,18 +102,29 @@ class RequestContextMiddleware:
             {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"},
             status_code=status.HTTP_413_CONTENT_TOO_LARGE,
         )
-        try:
-            if length > MAX_BODY_BYTES:
-                await too_large(scope, receive, send_with_id)
-                return
-            try:
-                await self.app(scope, limited_receive, send_tracked)
-            except _BodyTooLarge:
-                # FastAPI turns it into a 413 itself; other mounted apps (MCP) land here.
-                if not started:
-                    await too_large(scope, receive, send_with_id)
-        finally:
+        if length > MAX_BODY_BYTES:
+            await too_large(scope, receive, send_with_id)
             correlation_id.reset(token)
+            return
+        try:
+            await self.app(scope, limited_receive, send_tracked)
+        except _BodyTooLarge:
+            # FastAPI turns it into a 413 itself; other mounted apps (MCP) land here.
+            if not started:
+                await too_large(scope, receive, send_with_id)
+        except Exception:
+            # Starlette's outermost error middleware would answer 500 without the id: answer
+            # here, then re-raise for the server to log. The id stays bound (no reset), so
+            # that log line carries it too; the context ends with the request's task.
+            if not started:
+                await _INTERNAL_ERROR(scope, receive, send_with_id)
+            raise
+        correlation_id.reset(token)
+
+
+_INTERNAL_ERROR = JSONResponse(
+    {"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
+)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
