@@ -181,6 +181,8 @@ BAD_CALLS: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("add_task", {"title": "ok", "description": "d" * 1001}, ("description", "at most 1000")),
     ("add_task", {"title": "ok", "due_date": "2026-12-01T09:00:00"}, ("due_date", "offset")),
     ("add_task", {"title": "ok", "due_date": "next tuesday"}, ("due_date",)),
+    ("list_tasks", {"offset": 2**63}, ("offset", "less than or equal")),
+    ("list_tasks", {"status": "done"}, ("status",)),
     ("update_task", {"task_id": "{id}"}, ("nothing to update",)),
     ("update_task", {"task_id": "{id}", "title": " "}, ("title", "must not be empty")),
     ("update_task", {"task_id": "{id}", "due_date": "2026-12-01T09:00"}, ("due_date", "offset")),

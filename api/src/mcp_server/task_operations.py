@@ -48,6 +48,7 @@ UserProvider = Callable[[], str | None]
 """Returns the authenticated user of the current call, or None when there is none."""
 
 MAX_LIST_LIMIT = 500  # the REST page limit too
+MAX_OFFSET = 2**31 - 1  # as REST: the database binds a larger offset as out of range
 _T = TypeVar("_T")
 
 ChangeStatus = Literal["created", "updated", "completed", "uncompleted", "deleted"]
@@ -239,7 +240,8 @@ def register_task_tools(mcp: MCPServer, *, user_provider: UserProvider) -> None:
             Field(ge=1, le=MAX_LIST_LIMIT, description="Most tasks to return (default 100)."),
         ] = 100,
         offset: Annotated[
-            int, Field(ge=0, description="Tasks to skip, for paging (default 0).")
+            int,
+            Field(ge=0, le=MAX_OFFSET, description="Tasks to skip, for paging (default 0)."),
         ] = 0,
         user_id: UserIdArg = None,
     ) -> TaskList:
