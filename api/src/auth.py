@@ -37,4 +37,6 @@ def decode_token(token: str, secret: str, *, leeway: int = 0) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip():
         raise AuthError("invalid token: empty subject")
+    if "\x00" in subject:  # no database text column (PostgreSQL) can hold it as a user id
+        raise AuthError("invalid token: subject contains NUL")
     return subject

@@ -147,6 +147,17 @@ def test_a_valid_token_opens_only_its_own_tasks(api: Api, alices_task: int) -> N
     assert api.client.get("/api/bob/tasks", headers=bearer("bob")).json() == []
 
 
+def test_a_subject_the_database_cannot_store_is_refused(api: Api) -> None:
+    # PostgreSQL text cannot hold NUL: such a user id must be refused, not answered with 500.
+    headers = bearer("al\x00ice")
+    assert api.client.get("/api/al%00ice/tasks", headers=headers).status_code == 401
+    assert (
+        api.client.post("/api/al%00ice/tasks", json={"title": "x"}, headers=headers).status_code
+        == 401
+    )
+    assert api.rows() == []
+
+
 def test_user_ids_are_compared_exactly(api: Api, alices_task: int) -> None:
     assert api.client.get("/api/Alice/tasks", headers=bearer("alice")).status_code == 403
     assert api.client.get("/api/alice%20/tasks", headers=bearer("alice")).status_code == 403
