@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from src.config import Settings
 
 __all__ = ["main"]
 
@@ -14,7 +18,7 @@ class CommandError(Exception):
     """A failure the user can fix; printed as one line."""
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from src.config import get_settings
 
     return get_settings()
