@@ -26,6 +26,10 @@ def _run(args: argparse.Namespace) -> int:
     from bench.reliability._scenarios import SCENARIOS, run_scenario
 
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario {unknown[0]!r}: one of {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
     results = []
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"reliability-{name}-") as workdir:
@@ -80,6 +84,17 @@ def _orm_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+SCENARIO_NAMES = (
+    "baseline",
+    "sidecar",
+    "api-kill",
+    "postgres-restart",
+    "leader-kill",
+    "sidecar+api-kill",
+    "leader-kill+postgres-restart",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.reliability",
@@ -89,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="a fault scenario under load, then the verifier")
-    run.add_argument(
-        "scenario", help="baseline, sidecar, api-kill, postgres-restart, leader-kill or all"
-    )
+    run.add_argument("scenario", help=f"one of {', '.join(SCENARIO_NAMES)}, or all")
     run.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     run.add_argument("--users", type=int, default=6)
     run.add_argument("--seed", type=int, default=0)

@@ -120,8 +120,9 @@ def restart_postgres() -> float:
 
 # --- fault schedules -------------------------------------------------------------------------
 
+# (stack, routing, stop, log, duration) -> figures; returns when the load has stopped.
 FaultSchedule = Callable[
-    [Stack, _Routing, asyncio.Event, _FaultLog], Coroutine[Any, Any, dict[str, Any]]
+    [Stack, _Routing, asyncio.Event, _FaultLog, float], Coroutine[Any, Any, dict[str, Any]]
 ]
 
 
@@ -133,17 +134,18 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 
 
 async def no_faults(
-    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog
+    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, duration: float
 ) -> dict[str, Any]:
     await stop.wait()
     return {}
 
 
 async def sidecar_faults(
-    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, period: float = 1.5
+    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, duration: float
 ) -> dict[str, Any]:
     """Refusing, hanging, answering 500, failing some calls and some bulk entries, in turns."""
     dapr = stack.emulator
+    period = 1.5
     counts: dict[str, int] = {}
     turns: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
         ("refuse connections", dapr.refuse, dapr.resume),
@@ -177,9 +179,11 @@ async def sidecar_faults(
 
 
 async def api_kills(
-    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, interval: float = 4.0
+    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, duration: float
 ) -> dict[str, Any]:
-    """SIGKILL the API every `interval` seconds and start it again (in-flight requests die)."""
+    """SIGKILL the API three times per run (at least every 10 s) and start it again at once:
+    in-flight requests die with it."""
+    interval = min(10.0, duration / 3.5)
     kills = 0
     while not await _sleep_or_stop(stop, interval):
         api = stack.api
@@ -192,10 +196,10 @@ async def api_kills(
 
 
 async def postgres_restart(
-    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, at: float = 0.35
+    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, duration: float
 ) -> dict[str, Any]:
-    """Restarts PostgreSQL once, `at` of the way through the run."""
-    if await _sleep_or_stop(stop, 1.0):
+    """Restarts PostgreSQL once, 60% of the way through the run."""
+    if await _sleep_or_stop(stop, duration * 0.6):
         return {}
     window = await asyncio.to_thread(_restart_logged, log)
     await stop.wait()
@@ -210,10 +214,11 @@ def _restart_logged(log: _FaultLog) -> float:
 
 
 async def leader_kill(
-    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, interval: float = 5.0
+    stack: Stack, routing: _Routing, stop: asyncio.Event, log: _FaultLog, duration: float
 ) -> dict[str, Any]:
     """Two replicas: find the relay leader, take it out of the routing, SIGKILL it, bring it
-    back later as a standby; repeat."""
+    back later as a standby; twice per run (at least every 15 s)."""
+    interval = min(15.0, duration / 2.5)
     kills = 0
     while not await _sleep_or_stop(stop, interval):
         leader = await asyncio.to_thread(_find_leader, stack.apis)
@@ -250,24 +255,53 @@ def _find_leader(apis: list[ApiProcess]) -> ApiProcess | None:
 class Scenario:
     name: str
     description: str
-    faults: FaultSchedule
+    faults: tuple[FaultSchedule, ...]
     replicas: int = 1
+
+
+async def _together(
+    schedules: tuple[FaultSchedule, ...],
+    stack: Stack,
+    routing: _Routing,
+    stop: asyncio.Event,
+    log: _FaultLog,
+    duration: float,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for result in await asyncio.gather(
+        *(schedule(stack, routing, stop, log, duration) for schedule in schedules)
+    ):
+        figures.update(result)
+    return figures
 
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
-        Scenario("baseline", "no faults", no_faults),
+        Scenario("baseline", "no faults", (no_faults,)),
         Scenario(
-            "sidecar", "sidecar refusing, hanging, 500, partial failures in turns", sidecar_faults
+            "sidecar", "sidecar refusing, hanging, 500, partial failures in turns",
+            (sidecar_faults,),
         ),
-        Scenario("api-kill", "API process SIGKILLed and restarted repeatedly", api_kills),
-        Scenario("postgres-restart", "PostgreSQL restarted mid-run", postgres_restart),
+        Scenario("api-kill", "API process SIGKILLed and restarted, 3 times", (api_kills,)),
+        Scenario("postgres-restart", "PostgreSQL restarted mid-run", (postgres_restart,)),
         Scenario(
-            "leader-kill", "two replicas, the relay leader SIGKILLed", leader_kill, replicas=2
+            "leader-kill", "two replicas, the relay leader SIGKILLed twice", (leader_kill,),
+            replicas=2,
+        ),
+        # The CI slices: several faults in one short run.
+        Scenario(
+            "sidecar+api-kill", "sidecar faults in turns while the API is SIGKILLed",
+            (sidecar_faults, api_kills),
+        ),
+        Scenario(
+            "leader-kill+postgres-restart",
+            "two replicas, leader SIGKILLed, PostgreSQL restarted",
+            (leader_kill, postgres_restart),
+            replicas=2,
         ),
     ]
-}
+}  # fmt: skip
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -383,7 +417,7 @@ def run_scenario(
                 )
             )  # fmt: skip
     finally:
-        if name == "postgres-restart":
+        if "postgres" in name:
             ensure_postgres_up()
 
 
@@ -415,7 +449,9 @@ async def _run(
             stop.set()
 
     load_task = asyncio.create_task(load())
-    fault_task = asyncio.create_task(scenario.faults(stack, routing, stop, faults))
+    fault_task = asyncio.create_task(
+        _together(scenario.faults, stack, routing, stop, faults, duration)
+    )
     orm_task = asyncio.create_task(_orm_scripts(stack, log, stop, orm_batches, orm_ops, seed))
     try:
         report = await load_task
