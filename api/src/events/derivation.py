@@ -27,7 +27,7 @@ event) and is byte-for-byte what `build_task_event` / `build_sync_event` /
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -62,7 +62,19 @@ _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _uuid() -> str:
-    return str(uuid.uuid4())
+    """`str(uuid.uuid4())` at a third of the cost (it runs for every event in every flush)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _rfc3339(value: datetime) -> str:
+    # The common case (values from UTCDateTime, the capture clock) without conversions.
+    if value.tzinfo is UTC:
+        return value.isoformat()[:-6] + "Z"
+    return rfc3339(value)
 
 
 def derive_task_events(
@@ -89,7 +101,7 @@ def derive_task_events(
             for name in _ordered(change.changed, row)
         }
     when = _utc(time)
-    stamp = rfc3339(when)
+    stamp = _rfc3339(when)
     task = _snapshot(row)
     task_id, user_id = task["id"], task["user_id"]
     key = str(task_id)
@@ -142,7 +154,7 @@ def derive_task_events(
                     "task_id": task_id,
                     "user_id": user_id,
                     "action": reminder_action,
-                    "due_date": None if due_date is None else rfc3339(due_date),
+                    "due_date": None if due_date is None else _rfc3339(due_date),
                     "title": task["title"],
                     "timestamp": stamp,
                 },
@@ -213,7 +225,7 @@ def _snapshot(row: Mapping[str, Any]) -> dict[str, Any]:
     for name in SNAPSHOT_FIELDS:
         value = row.get(name)
         if name in _DATETIME_FIELDS:
-            snapshot[name] = None if value is None else rfc3339(value)
+            snapshot[name] = None if value is None else _rfc3339(value)
         elif name == "completed":
             snapshot[name] = bool(value)
         else:

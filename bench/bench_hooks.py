@@ -1,0 +1,232 @@
+"""ORM hooks overhead (issue 4): time per single-task insert / update / delete with commit,
+hooks on versus hooks off, in the same run, on a SQLite file and on PostgreSQL.
+
+    python -m bench.bench_hooks [--ops 400] [--rounds 6] [--sqlite-only | --pg-url URL]
+
+"Hooks on" is the real `Task` model with its real hooks and `DAPR_ENABLED=true`: capture,
+Task derivation (2-3 CloudEvents per change) and the outbox INSERT (+ `pg_notify` on
+PostgreSQL) in the same transaction. "Hooks off" is `PlainTask`: the same columns and SQLModel
+base, untracked (the session-level listeners still run and exit early, as they do for every
+untracked write in the app). Each operation is its own transaction: `add` + `commit`,
+attribute change + `commit`, `delete` + `commit`, on one session with
+`expire_on_commit=False` (the app reloads the task per request, so no reload is measured).
+The two variants take turns operation by operation, so drift (fsync times, a busy machine)
+hits both alike; the outbox is emptied between rounds (the relay would), outside the timings.
+`--clock cpu` measures this thread's CPU time instead of elapsed time: the hooks' own cost
+without the disk's noise.
+
+Results go to stdout as a Markdown table (paste into docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from loguru import logger
+from sqlmodel import Field, Session, SQLModel
+
+OPS = ("insert", "update", "delete")
+
+
+@functools.cache
+def _models() -> tuple[type[Any], type[Any], sa.Table]:
+    from src.events.wiring import install_task_hooks
+    from src.models import Task, TaskBase, outbox_table
+
+    from hooks import UTCDateTime, utc_now
+
+    install_task_hooks(Task)  # what importing the model does once the lead's wiring is in
+
+    class PlainTask(TaskBase, table=True):
+        """The Task columns, untracked."""
+
+        __tablename__ = "bench_plain_task"
+        __table_args__ = {"sqlite_autoincrement": True}
+
+        id: int | None = Field(default=None, primary_key=True)
+        user_id: str = Field(index=True, max_length=255)
+        completed: bool = Field(default=False)
+        created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+        updated_at: datetime = Field(
+            default_factory=utc_now, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utc_now}
+        )
+
+    return Task, PlainTask, outbox_table
+
+
+@dataclass
+class Timings:
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def add(self, variant: str, op: str, seconds: float) -> None:
+        self.samples.setdefault((variant, op), []).append(seconds)
+
+    def median_us(self, variant: str, op: str) -> float:
+        return statistics.median(self.samples[(variant, op)]) * 1e6
+
+    def p90_us(self, variant: str, op: str) -> float:
+        values = sorted(self.samples[(variant, op)])
+        return values[int(len(values) * 0.9)] * 1e6
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _round(
+    session: Session,
+    variants: list[tuple[str, type[Any]]],
+    ops: int,
+    timings: Timings,
+    clock: Callable[[], float] = time.perf_counter,
+) -> None:
+    """`ops` inserts, then updates, then deletes per variant, each with its own commit.
+
+    The variants take turns operation by operation (their order flipping every time), so a
+    slow patch of the disk or a busy neighbour hits both alike.
+    """
+    due = datetime.now(UTC) + timedelta(days=7)
+    tasks: dict[str, list[Any]] = {name: [] for name, _ in variants}
+
+    def pairs(n: int) -> list[tuple[str, type[Any]]]:
+        return variants if n % 2 == 0 else variants[::-1]
+
+    for n in range(ops):
+        for name, model in pairs(n):
+            task = model(user_id="bench", title=f"Task {n}", due_date=due if n % 2 else None)
+            start = clock()
+            session.add(task)
+            session.commit()
+            timings.add(name, "insert", clock() - start)
+            tasks[name].append(task)
+    for n in range(ops):
+        for name, _ in pairs(n):
+            task = tasks[name][n]
+            start = clock()
+            task.title = f"Task {n} (edited)"
+            session.commit()
+            timings.add(name, "update", clock() - start)
+    for n in range(ops):
+        for name, _ in pairs(n):
+            task = tasks[name][n]
+            start = clock()
+            session.delete(task)
+            session.commit()
+            timings.add(name, "delete", clock() - start)
+
+
+def run(url: str, *, ops: int, rounds: int, warmup: int, clock: str = "wall") -> Timings:
+    task_model, plain_model, outbox = _models()
+    tables = [task_model.__table__, plain_model.__table__, outbox]
+    engine = sa.create_engine(url)
+    SQLModel.metadata.drop_all(engine, tables=tables)
+    SQLModel.metadata.create_all(engine, tables=tables)
+    variants: list[tuple[str, type[Any]]] = [("off", plain_model), ("on", task_model)]
+    timings = Timings()
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            _round(session, variants, warmup, Timings())  # caches, statement cache, connection
+            for _ in range(rounds):
+                gc.collect()
+                gc.disable()
+                try:
+                    _round(session, variants, ops, timings, CLOCKS[clock])
+                finally:
+                    gc.enable()
+                with engine.begin() as conn:  # what the relay does, outside the timings
+                    conn.execute(outbox.delete())
+    finally:
+        engine.dispose()
+    return timings
+
+
+def report(name: str, timings: Timings) -> list[str]:
+    lines = []
+    for op in OPS:
+        off, on = timings.median_us("off", op), timings.median_us("on", op)
+        lines.append(
+            f"| {name} | {op} | {off:,.0f} | {on:,.0f} | {on / off:.2f}x | "
+            f"{timings.p90_us('off', op):,.0f} / {timings.p90_us('on', op):,.0f} |"
+        )
+    return lines
+
+
+@contextmanager
+def _postgres(url: str | None) -> Iterator[str]:
+    if url is not None:
+        yield url
+        return
+    from tests.support.databases import scratch_postgres_database
+
+    with scratch_postgres_database() as scratch:
+        yield scratch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=400, help="operations per kind per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--pg-url", default=None, help="PostgreSQL URL (default: a scratch DB)")
+    parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--dir", default=None, help="directory for the SQLite file")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (I/O included); cpu: this thread's CPU time only",
+    )
+    args = parser.parse_args(argv)
+
+    logger.remove()  # no log output inside the timings
+    os.environ["DAPR_ENABLED"] = "true"
+    os.environ.setdefault("RELAY_ENABLED", "false")
+    from src.config import get_settings
+
+    get_settings.cache_clear()
+
+    lines = [
+        "| database | operation | hooks off (µs) | hooks on (µs) | on / off | p90 off / on (µs) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "bench.db"
+        timings = run(
+            f"sqlite:///{path}",
+            ops=args.ops,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            clock=args.clock,
+        )
+        lines += report("SQLite file", timings)
+    if not args.sqlite_only:
+        with _postgres(args.pg_url) as url:
+            timings = run(
+                url, ops=args.ops, rounds=args.rounds, warmup=args.warmup, clock=args.clock
+            )
+            lines += report("PostgreSQL", timings)
+    print(
+        f"{args.clock} clock, {args.rounds} rounds x {args.ops} ops per variant; "
+        f"Python {platform.python_version()}, "
+        f"SQLAlchemy {sa.__version__}, {os.cpu_count()} CPUs, load average "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
