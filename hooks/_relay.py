@@ -151,11 +151,47 @@ class _Results:
         return bool(self.delete or self.retry)
 
 
+class _SeqList:
+    """`seq IN (...)` / `NOT IN` with one bound parameter however long the list.
+
+    SQLAlchemy renders an expanding IN anew for every list length, which costs more CPU per
+    event than the rest of the relay: PostgreSQL gets an array, SQLite a JSON text.
+    """
+
+    def __init__(self, column: sa.ColumnElement[int], name: str, dialect: str) -> None:
+        self.name = name
+        self.encode: Callable[[list[int]], Any] = list
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            array = sa.bindparam(name, type_=ARRAY(sa.BigInteger()))
+            self.member: sa.ColumnElement[bool] = column == sa.any_(array)
+            self.not_member: sa.ColumnElement[bool] = column != sa.all_(array)
+        elif dialect == "sqlite":
+            values = sa.func.json_each(sa.bindparam(name, type_=sa.Text())).table_valued("value")
+            self.member = column.in_(sa.select(values.c.value))
+            self.not_member = column.not_in(sa.select(values.c.value))
+            self.encode = json.dumps
+        else:
+            self.member = column.in_(sa.bindparam(name, expanding=True))
+            self.not_member = column.not_in(sa.bindparam(name, expanding=True))
+
+    def params(self, seqs: Sequence[int]) -> dict[str, Any]:
+        return {self.name: self.encode(list(seqs))}
+
+
 class _Store:
     """The relay's SQL, on one connection inside one transaction per call."""
 
     def __init__(self, table: sa.Table) -> None:
         t = self.table = table
+        # next_attempt_at only for rows not due yet (NULL otherwise): most rows are due, and
+        # converting a timestamp per row is a good part of the scan's cost.
+        self._now = sa.bindparam("now", type_=t.c.next_attempt_at.type)
+        waiting_until = sa.type_coerce(
+            sa.case((t.c.next_attempt_at <= self._now, sa.null()), else_=t.c.next_attempt_at),
+            t.c.next_attempt_at.type,
+        )
         self._columns = (
             t.c.seq,
             t.c.event_id,
@@ -163,10 +199,10 @@ class _Store:
             t.c.partition_key,
             t.c.payload,
             t.c.attempts,
-            t.c.next_attempt_at,
+            waiting_until,
             t.c.created_at,
         )
-        self._delete = sa.delete(t).where(t.c.seq.in_(sa.bindparam("seqs", expanding=True)))
+        self._lists: dict[str, tuple[_SeqList, _SeqList, sa.Delete]] = {}
         self._retry = (
             sa.update(t)
             .where(t.c.seq == sa.bindparam("b_seq"))
@@ -179,11 +215,22 @@ class _Store:
         self._count = sa.select(sa.func.count()).select_from(t)
         self._oldest = sa.select(t.c.created_at).order_by(t.c.seq).limit(1)
 
+    def _sql(self, conn: sa.Connection) -> tuple[_SeqList, _SeqList, sa.Delete]:
+        """(sent rows, rows in flight, DELETE of the sent rows) for this connection's dialect."""
+        dialect = conn.dialect.name
+        found = self._lists.get(dialect)
+        if found is None:
+            sent = _SeqList(self.table.c.seq, "sent", dialect)
+            flying = _SeqList(self.table.c.seq, "in_flight", dialect)
+            found = self._lists[dialect] = (sent, flying, sa.delete(self.table).where(sent.member))
+        return found
+
     def apply(self, conn: sa.Connection, results: _Results | None) -> None:
         if not results:
             return
         if results.delete:
-            conn.execute(self._delete, {"seqs": results.delete})
+            sent, _, delete = self._sql(conn)
+            conn.execute(delete, sent.params(results.delete))
         if results.retry:
             conn.execute(self._retry, results.retry)
 
@@ -201,10 +248,20 @@ class _Store:
         batch_size: int,
         scan_limit: int,
         skip: _Skip,
+        in_flight: frozenset[tuple[str, str]],
+        in_flight_seqs: Sequence[int],
         want_stats: bool,
     ) -> _Picked:
         self.apply(conn, results)
-        picked = self.pick(conn, now=now, batch_size=batch_size, scan_limit=scan_limit, skip=skip)
+        picked = self.pick(
+            conn,
+            now=now,
+            batch_size=batch_size,
+            scan_limit=scan_limit,
+            skip=skip,
+            in_flight=in_flight,
+            in_flight_seqs=in_flight_seqs,
+        )
         if want_stats:
             picked.stats = self.stats(conn)
         return picked
@@ -217,47 +274,62 @@ class _Store:
         batch_size: int,
         scan_limit: int,
         skip: _Skip,
+        in_flight: frozenset[tuple[str, str]] = frozenset(),
+        in_flight_seqs: Sequence[int] = (),
     ) -> _Picked:
         """The batch: per (topic, key) the first row in sequence order, if due.
 
         Pages through the outbox from `skip.cursor` (the head when None) until the batch is
         full, the table ends or `scan_limit` rows were read: bounded time and memory with any
-        backlog. Updates `skip` with the keys found blocked and the new cursor.
+        backlog. Keys `in_flight` (being sent) are left alone. Updates `skip` with the keys
+        found blocked and the new cursor.
         """
         t = self.table
         base = sa.select(*self._columns).order_by(t.c.seq)
+        params: dict[str, Any] = {"now": now}
         if skip.paused:
             base = base.where(t.c.topic.not_in(sorted(skip.paused)))
+        if in_flight_seqs:  # don't read (the payloads of) the batch being sent
+            flying = self._sql(conn)[1]
+            base = base.where(flying.not_member)
+            params.update(flying.params(in_flight_seqs))
         page = max(batch_size, 200)
         blocked = skip.blocked
         seen: set[tuple[str, str]] = set()
         rows: list[_Row] = []
         scanned = 0
         after = cursor = skip.cursor
+        # The cursor only passes rows that stay unsendable: it stops at the first row picked
+        # or in flight (deleting those makes the key's next rows sendable).
+        movable = True
         while True:
             stmt = base if after is None else base.where(t.c.seq > after)
-            chunk = conn.execute(stmt.limit(page)).all()
-            for seq, event_id, topic, key, payload, attempts, next_at, created in chunk:
+            chunk = conn.execute(stmt.limit(page), params).all()
+            for seq, event_id, topic, key, payload, attempts, waiting_until, created in chunk:
                 ident = (topic, key)
+                if ident in in_flight:
+                    movable = False
+                    continue
                 if ident in blocked:
-                    if not rows:  # the cursor stops before the first row we send
+                    if movable:
                         cursor = seq
                     continue
                 if ident in seen:
                     continue
                 seen.add(ident)
-                if next_at <= now:
+                if waiting_until is None:
                     rows.append(
                         _Row(seq, Message(event_id, topic, key, payload), attempts, created)
                     )
+                    movable = False
                     if len(rows) >= batch_size:
                         skip.cursor = cursor
                         return _Picked(rows)
                 else:
                     blocked.add(ident)
-                    if skip.until is None or next_at < skip.until:
-                        skip.until = next_at
-                    if not rows:
+                    if skip.until is None or waiting_until < skip.until:
+                        skip.until = waiting_until
+                    if movable:
                         cursor = seq
             scanned += len(chunk)
             if len(chunk) < page or scanned >= scan_limit:
@@ -438,49 +510,55 @@ class OutboxRelay:
     async def _lead(self) -> None:
         self._skip = _Skip()  # another leader may have changed the outbox meanwhile
         listener = self._start_listener()
-        pending: _Results | None = None
+        pending: _Results | None = None  # results not yet written to the outbox
+        # While one batch is on the wire the next one is read (without the keys in flight),
+        # so database and HTTP time overlap.
+        sending: asyncio.Task[_Results] | None = None
+        in_flight: frozenset[tuple[str, str]] = frozenset()
+        in_flight_seqs: list[int] = []
         try:
             while True:
                 if self._stopping and time.monotonic() >= self._drain_deadline:
+                    if sending is not None:  # bounded by the same deadline
+                        pending = _merge(pending, await sending)
+                        sending = None
                     break
                 if not await self._leadership.confirm():
                     logger.warning("outbox relay is no longer the leader; standing by")
                     break
-                if self._pause_until > time.monotonic():
+                if sending is None and self._pause_until > time.monotonic():
                     if self._stopping:  # draining into a dead sidecar helps nobody
                         break
                     await self._wait_in_pause()
                     continue
-                skip = self._current_skip()
-                try:
-                    picked = await self._db(
-                        partial(
-                            self._store.exchange,
-                            results=pending,
-                            now=self._clock(),
-                            batch_size=self._batch_size,
-                            scan_limit=self._scan_limit,
-                            skip=skip,
-                            want_stats=self._stats_due(),
-                        )
-                    )
-                except Exception as exc:  # never leave the loop on a DB error
-                    self._skip = _Skip()
-                    self._note_error(f"database: {type(exc).__name__}: {exc}")
-                    logger.bind(error=self._last_error).error("outbox relay database error")
-                    self._pause_streak += 1
-                    self._pause(self._backoff(self._pause_streak))
+                picked = await self._exchange(pending, in_flight, in_flight_seqs)
+                if picked is not None:
+                    pending = None
+                if sending is not None:
+                    pending = _merge(pending, await sending)
+                    sending, in_flight, in_flight_seqs = None, frozenset(), []
+                if picked is None:  # database error, already paused
                     continue
-                pending = None
                 if picked.stats is not None:
                     self._set_stats(*picked.stats)
-                if picked.rows:
-                    pending = await self._deliver(picked.rows)
+                if picked.rows and self._pause_until <= time.monotonic():
+                    in_flight = frozenset((r.message.topic, r.message.key) for r in picked.rows)
+                    in_flight_seqs = [r.seq for r in picked.rows]
+                    sending = asyncio.create_task(self._deliver(picked.rows))
+                    continue
+                if pending or picked.rows:  # record results / retry after the pause
                     continue
                 if self._stopping:
                     break
                 await self._wait_for_work()
         finally:
+            if sending is not None:
+                if sending.done() and not sending.cancelled():
+                    pending = _merge(pending, sending.result())
+                else:  # outcome unknown: the rows stay and are sent again later
+                    sending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sending
             if pending:
                 try:
                     await self._db(partial(self._store.apply, results=pending))
@@ -490,6 +568,35 @@ class OutboxRelay:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+
+    async def _exchange(
+        self,
+        pending: _Results | None,
+        in_flight: frozenset[tuple[str, str]],
+        in_flight_seqs: list[int],
+    ) -> _Picked | None:
+        """Records `pending` and picks the next batch; None (and a pause) on a DB error."""
+        try:
+            return await self._db(
+                partial(
+                    self._store.exchange,
+                    results=pending,
+                    now=self._clock(),
+                    batch_size=self._batch_size,
+                    scan_limit=self._scan_limit,
+                    skip=self._current_skip(),
+                    in_flight=in_flight,
+                    in_flight_seqs=in_flight_seqs,
+                    want_stats=self._stats_due(),
+                )
+            )
+        except Exception as exc:  # never leave the loop on a DB error
+            self._skip = _Skip()
+            self._note_error(f"database: {type(exc).__name__}: {exc}")
+            logger.bind(error=self._last_error).error("outbox relay database error")
+            self._pause_streak += 1
+            self._pause(self._backoff(self._pause_streak))
+            return None
 
     async def _deliver(self, rows: list[_Row]) -> _Results:
         groups: dict[str, list[_Row]] = {}
@@ -824,6 +931,15 @@ class OutboxRelay:
                 log.error("sidecar refused events (configuration error); kept for retry")
             else:
                 log.warning("event delivery failed; kept for retry with back-off")
+
+
+def _merge(first: _Results | None, second: _Results | None) -> _Results | None:
+    if not first:
+        return second
+    if second:
+        first.delete.extend(second.delete)
+        first.retry.extend(second.retry)
+    return first
 
 
 def _describe(result: SendResult) -> str:

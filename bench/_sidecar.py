@@ -1,0 +1,40 @@
+"""The emulated Dapr sidecar as a quiet process of its own, for the relay benchmarks.
+
+    python -m bench._sidecar --port P --dump FILE
+
+Records nothing on stdout (so its own CPU stays small); on SIGTERM writes one JSON line per
+received event (topic, type, task id, receive time) to FILE and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+
+from tests.support.dapr_emulator import DaprEmulator
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dump", required=True)
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with DaprEmulator(port=args.port) as emulator:
+        while not stop.wait(0.2):
+            pass
+        received = emulator.received
+    with open(args.dump, "w", encoding="utf-8") as out:
+        for d in received:
+            event = d.event if isinstance(d.event, dict) else {}
+            data = event.get("data") if isinstance(event.get("data"), dict) else {}
+            line = [d.topic, event.get("type"), event.get("id"), data.get("task_id"), d.received_at]
+            out.write(json.dumps(line) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
