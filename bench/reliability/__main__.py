@@ -41,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 orm_batches=args.orm_batches,
                 orm_ops=args.orm_ops,
+                dump_dir=Path(args.dump) / name if args.dump else None,
             )
         results.append(result)
         print(result.to_json(), flush=True)
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--orm-batches", type=int, default=4, help="ORM script processes per run")
     run.add_argument("--orm-ops", type=int, default=60, help="scripts per ORM process")
     run.add_argument("--out", help="write the results as JSON here")
+    run.add_argument("--dump", help="directory for mutation logs, events and API logs")
     run.set_defaults(handler=_run)
 
     fuzz = commands.add_parser("fuzz", help="schemathesis against a running API")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -10,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import sqlalchemy as sa
 
 from bench.reliability._process import ApiProcess, random_secret
 from tests.support.dapr_emulator import DaprEmulator
-from tests.support.databases import scratch_postgres_database
+from tests.support.databases import ADMIN_URL
 
 __all__ = ["Stack", "api_stack", "make_token"]
 
@@ -33,6 +37,38 @@ def make_token(
         payload["sub"] = user
     payload.update(claims or {})
     return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database, dropped afterwards. Unlike the test suite's
+    helper it keeps no pooled admin connection, so a PostgreSQL restart during the run does
+    not break the clean-up."""
+    name = f"pakaura_reliability_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    def admin(statement: str) -> None:
+        engine = sa.create_engine(
+            ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+        )
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(statement))
+        finally:
+            engine.dispose()
+
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        deadline = time.monotonic() + 60
+        while True:  # the server may still be coming back from a restart
+            try:
+                admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 @dataclass
@@ -80,7 +116,7 @@ def api_stack(
     unless `database_url` is given). Everything is stopped on exit, also on failure."""
     with contextlib.ExitStack() as stack:
         if database_url is None:
-            database_url = stack.enter_context(scratch_postgres_database())
+            database_url = stack.enter_context(scratch_database())
         secret, dapr_token = random_secret(48), random_secret(40)
         emulator = stack.enter_context(DaprEmulator(pubsubs={"pubsub-kafka"}, token=dapr_token))
         env = {

@@ -367,15 +367,18 @@ class _Worker:
                 )
                 body["title"] = after.title
             elif name == "description":
-                after.description = self.rng.choice(
-                    ["", "more notes", f"d{self.rng.randrange(1000)}"]
-                )
-                body["description"] = after.description
+                value = self.rng.choice(["", "more notes", f"d{self.rng.randrange(1000)}"])
+                # MCP's update_task documents "" as "remove the description" (None).
+                after.description = (value or None) if via == "mcp" else value
+                body["description"] = value
             else:
-                # MCP cannot clear a due date (None means "unchanged" there).
-                choices = _DUES if via == "mcp" else [None, *_DUES]
-                after.due_date = self.rng.choice(choices)
-                body["due_date"] = after.due_date.isoformat() if after.due_date else None
+                after.due_date = self.rng.choice([None, *_DUES])
+                if after.due_date is not None:
+                    body["due_date"] = after.due_date.isoformat()
+                elif via == "mcp":
+                    body["clear_due_date"] = True  # null means "keep" for MCP
+                else:
+                    body["due_date"] = None
         expected = expected_for_change(task_id, before, after)
         if via == "rest":
             method = self.rng.choice(["PUT", "PATCH"])

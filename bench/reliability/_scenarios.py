@@ -389,6 +389,23 @@ def _final_tasks(database_url: str, prefixes: tuple[str, ...]) -> dict[int, dict
     return rows
 
 
+def _dump(
+    directory: Path,
+    log: MutationLog,
+    received: list[ReceivedEvent],
+    final: dict[int, dict[str, Any]],
+    stack: Stack,
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "mutations.jsonl").write_text("".join(m.to_json() + "\n" for m in log.mutations))
+    (directory / "events.jsonl").write_text(
+        "".join(json.dumps({"topic": r.topic, "event": r.event}) + "\n" for r in received)
+    )
+    (directory / "final_tasks.json").write_text(json.dumps(final, indent=1))
+    for api in stack.apis:
+        (directory / f"{api.name}.log").write_text(api.log_text())
+
+
 def run_scenario(
     name: str,
     workdir: Path,
@@ -402,7 +419,10 @@ def run_scenario(
     invalid_share: float = 0.1,
     drain_timeout: float = 120.0,
     database_url: str | None = None,
+    dump_dir: Path | None = None,
 ) -> ScenarioResult:
+    """Runs one scenario; with `dump_dir`, the mutation log, the received events and the
+    API logs are written there for a post-mortem."""
     scenario = SCENARIOS[name]
     random.seed(seed)
     try:
@@ -414,6 +434,7 @@ def run_scenario(
                     scenario, stack, duration=duration, users=users, seed=seed,
                     orm_batches=orm_batches, orm_ops=orm_ops, mcp_share=mcp_share,
                     invalid_share=invalid_share, drain_timeout=drain_timeout,
+                    dump_dir=dump_dir,
                 )
             )  # fmt: skip
     finally:
@@ -433,6 +454,7 @@ async def _run(
     mcp_share: float,
     invalid_share: float,
     drain_timeout: float,
+    dump_dir: Path | None = None,
 ) -> ScenarioResult:
     config = LoadConfig(
         users=users, duration=duration, seed=seed, mcp_share=mcp_share, invalid_share=invalid_share
@@ -470,6 +492,8 @@ async def _run(
     final = _final_tasks(stack.database_url, (config.user_prefix, "orm-"))
     received = [ReceivedEvent(d.topic, d.event) for d in stack.emulator.received]
     verdict: Verdict = verify(log.mutations, received, final_tasks=final)
+    if dump_dir is not None:
+        _dump(dump_dir, log, received, final, stack)
     load_figures = {
         "operations": report.operations,
         "seconds": round(report.seconds, 1),
