@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from bench.reliability._harness import Stack, api_stack
 from bench.reliability._load import LoadConfig, LoadReport, MutationLog, run_load
+from bench.reliability._logscan import scan_for_secrets
 from bench.reliability._process import REPO_ROOT, ApiProcess
 from bench.reliability._verifier import Mutation, ReceivedEvent, Verdict, verify
 
@@ -504,6 +505,9 @@ async def _run(
         "replicas": len(stack.apis),
     }
     surprises = list(report.surprises)
+    # The logs of faulty runs (relay errors, crashes, database outages) are scanned too.
+    leaks = scan_for_secrets(stack.log_text(), stack.secrets())
+    surprises += [f"{leak.secret_name} in the API log, line {leak.line_number}" for leak in leaks]
     return ScenarioResult(
         name=scenario.name,
         config={"duration": duration, "users": users, "seed": seed, "orm_batches": orm_batches,
