@@ -73,15 +73,15 @@ def test_every_route_needs_a_token(api: Api, alices_task: int) -> None:
 WRITE_ROUTES = [route for route in TASK_ROUTES if route[0] != "GET"]
 
 
-@pytest.mark.parametrize("kind", BAD_TOKENS)
-def test_bad_tokens_are_refused_and_write_nothing(api: Api, alices_task: int, kind: str) -> None:
-    headers = {"Authorization": f"Bearer {BAD_TOKENS[kind]()}"}
+def test_bad_tokens_are_refused_and_write_nothing(api: Api, alices_task: int) -> None:
     before = api.state()
-    for method, template, body in [*WRITE_ROUTES, ("GET", "/api/{user}/tasks", None)]:
-        url = _url(template, "alice", alices_task)
-        response = api.client.request(method, url, json=body, headers=headers)
-        assert response.status_code == 401, (kind, method, url)
-        assert response.headers["www-authenticate"] == "Bearer"
+    for kind, make in BAD_TOKENS.items():
+        headers = {"Authorization": f"Bearer {make()}"}
+        for method, template, body in [*WRITE_ROUTES, ("GET", "/api/{user}/tasks", None)]:
+            url = _url(template, "alice", alices_task)
+            response = api.client.request(method, url, json=body, headers=headers)
+            assert response.status_code == 401, (kind, method, url)
+            assert response.headers["www-authenticate"] == "Bearer"
     assert api.state() == before
 
 

@@ -63,14 +63,15 @@ def test_token_prints_a_token_signed_with_the_configured_secret(tmp_path: Path) 
 
 
 def test_token_and_the_api_agree_on_the_generated_local_secret(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    done = run("token", "alice", "--hours", "1", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    token = one_line(done.stdout)
+    assert main(["token", "alice", "--hours", "1"]) == 0
+    token = one_line(capsys.readouterr().out)
+    assert jwt.decode(token, options={"verify_signature": False})["sub"] == "alice"
     assert (tmp_path / DEV_SECRET_FILE).exists()
-    # The API started later in the same directory (no BETTER_AUTH_SECRET) accepts it.
-    with make_client(sqlite_url, secret=None) as api:
+    # The API started later in the same directory (no BETTER_AUTH_SECRET) accepts it. (Its
+    # logging must not bind to capsys's stream, which closes with this test.)
+    with capsys.disabled(), make_client(sqlite_url, secret=None) as api:
         headers = {"Authorization": f"Bearer {token}"}
         assert api.client.get("/api/alice/tasks", headers=headers).status_code == 200
         assert api.client.get("/api/bob/tasks", headers=headers).status_code == 403
