@@ -79,8 +79,10 @@ def test_no_secret_in_startup_errors(tmp_path: object) -> None:
         "DAPR_HTTP_PORT": "not-a-port",
         "DATABASE_URL": "sqlite:///./x.db",
     }
+    # `pakaura token` reads the same settings as `serve` and fails the same way, without
+    # importing the whole app first.
     done = subprocess.run(
-        [sys.executable, "-m", "src.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "src.cli", "token", "someone"],
         env=env,
         cwd=str(tmp_path),
         capture_output=True,
