@@ -40,7 +40,6 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hooks._leader import Leadership, leadership_for, psycopg_conninfo
 from hooks._metrics import RelayMetrics
@@ -239,10 +238,9 @@ class _Store:
         oldest = conn.execute(self._oldest).scalar() if count else None
         return int(count), oldest
 
-    def exchange(
+    def pick_batch(
         self,
         conn: sa.Connection,
-        results: _Results | None,
         *,
         now: datetime,
         batch_size: int,
@@ -252,7 +250,6 @@ class _Store:
         in_flight_seqs: Sequence[int],
         want_stats: bool,
     ) -> _Picked:
-        self.apply(conn, results)
         picked = self.pick(
             conn,
             now=now,
@@ -347,7 +344,8 @@ def _positive(name: str, value: float, *, zero_ok: bool = False) -> float:
 class OutboxRelay:
     """Delivers the outbox `table` of `engine` through `transport`. See the module docstring.
 
-    `engine` is a sync `Engine` (its SQL runs on one dedicated thread) or an `AsyncEngine`.
+    `engine` is a synchronous `Engine`; the relay's SQL runs on one thread of its own, in
+    submission order (reads never overtake the recording of earlier results).
     `wake` is the signal the commit hooks fire; on PostgreSQL the relay also LISTENs on
     `notify_channel` (None: don't) and polls every `poll_interval` seconds as a fallback.
     `ready` (e.g. the sidecar's /v1.0/healthz/outbound) is awaited before the first send.
@@ -356,7 +354,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        engine: sa.Engine | AsyncEngine,
+        engine: sa.Engine,
         table: sa.Table,
         transport: Transport,
         *,
@@ -390,12 +388,11 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._scan_limit = scan_limit if scan_limit is not None else max(20 * batch_size, 10_000)
 
-        if isinstance(engine, AsyncEngine):
-            self._async_engine: AsyncEngine | None = engine
-            self._engine: sa.Engine = engine.sync_engine
-        else:
-            self._async_engine = None
-            self._engine = engine
+        if not isinstance(engine, sa.Engine):
+            raise RelayConfigError(
+                f"engine must be a synchronous sqlalchemy Engine, got {type(engine).__name__}"
+            )
+        self._engine = engine
         url = self._engine.url
         self._table = table
         self._store = _Store(table)
@@ -413,6 +410,7 @@ class OutboxRelay:
         self._state = RelayState.STOPPED
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._conn: sa.Connection | None = None  # used on the SQL thread only
         self._stopping = False
         self._drain_deadline = 0.0
         # Created in `run()`: an asyncio.Event belongs to the loop that first waits on it.
@@ -439,9 +437,9 @@ class OutboxRelay:
     def status(self) -> RelayStatus:
         backlog = age = None
         if self._stats is not None:
-            backlog, oldest, _taken = self._stats
-            if oldest is not None:
-                age = round(max(0.0, (self._clock() - oldest).total_seconds()), 3)
+            backlog, oldest, taken = self._stats
+            if oldest is not None:  # as of the last refresh: the oldest may be gone since
+                age = round(max(0.0, (taken - oldest).total_seconds()), 3)
         now = time.monotonic()
         pause = self._pause_until - now
         return RelayStatus(
@@ -502,6 +500,7 @@ class OutboxRelay:
             self._wake.detach()
             with contextlib.suppress(Exception):
                 await self._leadership.release()
+            self._executor.submit(self._close_connection)
             self._executor.shutdown(wait=False)
             logger.info("outbox relay stopped")
 
@@ -510,43 +509,41 @@ class OutboxRelay:
     async def _lead(self) -> None:
         self._skip = _Skip()  # another leader may have changed the outbox meanwhile
         listener = self._start_listener()
-        pending: _Results | None = None  # results not yet written to the outbox
         # While one batch is on the wire the next one is read (without the keys in flight),
-        # so database and HTTP time overlap.
+        # so database and HTTP time overlap. Results are recorded (DELETE / UPDATE) off the
+        # path from commit to sidecar; the SQL thread runs them before any later read.
         sending: asyncio.Task[_Results] | None = None
-        in_flight: frozenset[tuple[str, str]] = frozenset()
-        in_flight_seqs: list[int] = []
+        flying: frozenset[tuple[str, str]] = frozenset()
+        flying_seqs: list[int] = []
+        recordings: set[asyncio.Future[None]] = set()
         try:
             while True:
                 if self._stopping and time.monotonic() >= self._drain_deadline:
-                    if sending is not None:  # bounded by the same deadline
-                        pending = _merge(pending, await sending)
-                        sending = None
-                    break
-                if not await self._leadership.confirm():
-                    logger.warning("outbox relay is no longer the leader; standing by")
                     break
                 if sending is None and self._pause_until > time.monotonic():
                     if self._stopping:  # draining into a dead sidecar helps nobody
                         break
                     await self._wait_in_pause()
                     continue
-                picked = await self._exchange(pending, in_flight, in_flight_seqs)
-                if picked is not None:
-                    pending = None
+                confirmed, picked = await asyncio.gather(
+                    self._leadership.confirm(), self._pick(flying, flying_seqs)
+                )
                 if sending is not None:
-                    pending = _merge(pending, await sending)
-                    sending, in_flight, in_flight_seqs = None, frozenset(), []
+                    self._record(await sending, recordings)
+                    sending, flying, flying_seqs = None, frozenset(), []
+                if not confirmed:
+                    logger.warning("outbox relay is no longer the leader; standing by")
+                    break
                 if picked is None:  # database error, already paused
                     continue
                 if picked.stats is not None:
                     self._set_stats(*picked.stats)
                 if picked.rows and self._pause_until <= time.monotonic():
-                    in_flight = frozenset((r.message.topic, r.message.key) for r in picked.rows)
-                    in_flight_seqs = [r.seq for r in picked.rows]
+                    flying = frozenset((r.message.topic, r.message.key) for r in picked.rows)
+                    flying_seqs = [r.seq for r in picked.rows]
                     sending = asyncio.create_task(self._deliver(picked.rows))
                     continue
-                if pending or picked.rows:  # record results / retry after the pause
+                if picked.rows:  # the last batch paused the relay: these wait for the retry
                     continue
                 if self._stopping:
                     break
@@ -554,49 +551,65 @@ class OutboxRelay:
         finally:
             if sending is not None:
                 if sending.done() and not sending.cancelled():
-                    pending = _merge(pending, sending.result())
+                    self._record(sending.result(), recordings)
                 else:  # outcome unknown: the rows stay and are sent again later
                     sending.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await sending
-            if pending:
-                try:
-                    await self._db(partial(self._store.apply, results=pending))
-                except Exception as exc:  # rows stay; re-sent later (at-least-once)
-                    logger.bind(error=str(exc)).warning("outbox relay could not record results")
+            if recordings:
+                await asyncio.gather(*recordings, return_exceptions=True)
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
 
-    async def _exchange(
-        self,
-        pending: _Results | None,
-        in_flight: frozenset[tuple[str, str]],
-        in_flight_seqs: list[int],
+    async def _pick(
+        self, flying: frozenset[tuple[str, str]], flying_seqs: list[int]
     ) -> _Picked | None:
-        """Records `pending` and picks the next batch; None (and a pause) on a DB error."""
+        """The next batch (read only); None, and a pause, on a database error."""
         try:
             return await self._db(
                 partial(
-                    self._store.exchange,
-                    results=pending,
+                    self._store.pick_batch,
                     now=self._clock(),
                     batch_size=self._batch_size,
                     scan_limit=self._scan_limit,
                     skip=self._current_skip(),
-                    in_flight=in_flight,
-                    in_flight_seqs=in_flight_seqs,
+                    in_flight=flying,
+                    in_flight_seqs=flying_seqs,
                     want_stats=self._stats_due(),
-                )
+                ),
+                write=False,
             )
         except Exception as exc:  # never leave the loop on a DB error
-            self._skip = _Skip()
-            self._note_error(f"database: {type(exc).__name__}: {exc}")
-            logger.bind(error=self._last_error).error("outbox relay database error")
-            self._pause_streak += 1
-            self._pause(self._backoff(self._pause_streak))
+            self._database_failed(exc)
             return None
+
+    def _record(self, results: _Results, recordings: set[asyncio.Future[None]]) -> None:
+        """Queues one DELETE (sent) and one UPDATE (failed) on the SQL thread."""
+        if not results:
+            return
+        recording = asyncio.ensure_future(
+            self._db(partial(self._store.apply, results=results), write=True)
+        )
+        recordings.add(recording)
+
+        def done(future: asyncio.Future[None]) -> None:
+            recordings.discard(future)
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if exc is not None:  # the rows stay: sent again later (consumers de-duplicate)
+                self._database_failed(exc)
+
+        recording.add_done_callback(done)
+
+    def _database_failed(self, exc: BaseException) -> None:
+        self._skip = _Skip()
+        self._note_error(f"database: {type(exc).__name__}: {exc}")
+        logger.bind(error=self._last_error).error("outbox relay database error")
+        self._pause_streak += 1
+        self._pause(self._backoff(self._pause_streak))
 
     async def _deliver(self, rows: list[_Row]) -> _Results:
         groups: dict[str, list[_Row]] = {}
@@ -835,17 +848,35 @@ class OutboxRelay:
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _db(self, fn: Callable[..., _T]) -> _T:
-        """Runs `fn(connection)` in one transaction, off the event loop."""
-        if self._async_engine is not None:
-            async with self._async_engine.begin() as conn:
-                return await conn.run_sync(fn)
+    async def _db(self, fn: Callable[[sa.Connection], _T], *, write: bool) -> _T:
+        """Runs `fn(connection)` on the relay's SQL thread (in submission order)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._in_transaction, fn)
+        return await loop.run_in_executor(self._executor, self._on_connection, fn, write)
 
-    def _in_transaction(self, fn: Callable[[sa.Connection], _T]) -> _T:
-        with self._engine.begin() as conn:
-            return fn(conn)
+    def _on_connection(self, fn: Callable[[sa.Connection], _T], write: bool) -> _T:
+        # One pooled connection, kept between calls: no checkout (and pre-ping) per round.
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._conn = self._engine.connect()
+        try:
+            if write:
+                with conn.begin():
+                    return fn(conn)
+            try:
+                return fn(conn)
+            finally:
+                conn.rollback()  # a read: nothing to flush, no transaction left open
+        except BaseException:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential back-off with jitter: in [d/2, d], d = base * 2^(attempt-1)."""
@@ -891,7 +922,7 @@ class OutboxRelay:
         if not self._stats_due():
             return
         try:
-            self._set_stats(*await self._db(self._store.stats))
+            self._set_stats(*await self._db(self._store.stats, write=False))
         except Exception as exc:  # stats are best effort
             self._next_stats = time.monotonic() + self._stats_interval
             logger.bind(error=str(exc)).debug("outbox relay could not read the backlog")
@@ -931,15 +962,6 @@ class OutboxRelay:
                 log.error("sidecar refused events (configuration error); kept for retry")
             else:
                 log.warning("event delivery failed; kept for retry with back-off")
-
-
-def _merge(first: _Results | None, second: _Results | None) -> _Results | None:
-    if not first:
-        return second
-    if second:
-        first.delete.extend(second.delete)
-        first.retry.extend(second.retry)
-    return first
 
 
 def _describe(result: SendResult) -> str:

@@ -263,3 +263,29 @@ def test_a_raising_transport_is_treated_as_transient(outbox: Outbox) -> None:
 
     asyncio.run(scenario())
     assert [m.id for m in fake.delivered] == ids
+
+
+def test_database_errors_are_logged_and_the_relay_carries_on(
+    outbox: Outbox, warnings_logged: list[Any]
+) -> None:
+    engine, table = outbox
+    fake = FakeTransport()
+
+    def rename(old: str, new: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    async def scenario() -> None:
+        relay = quick_relay(outbox, fake, max_backoff=0.2)
+        await relay.start()
+        await eventually(lambda: relay.state is RelayState.LEADER)
+        await asyncio.to_thread(rename, table.name, "outbox_away")  # the table is gone
+        await eventually(lambda: "database" in (relay.status().last_error or ""))
+        assert relay.state is RelayState.LEADER  # still running
+        await asyncio.to_thread(rename, "outbox_away", table.name)
+        ids = await asyncio.to_thread(write_events, engine, table, [("task-events", "1")])
+        await eventually(lambda: [m.id for m in fake.delivered] == ids)
+        await relay.stop()
+
+    asyncio.run(scenario())
+    assert any(r["message"] == "outbox relay database error" for r in warnings_logged)
