@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -332,7 +333,9 @@ async def _orm_scripts(
         out, err = await proc.communicate()
         for line in out.decode().splitlines():
             if line.strip():
-                log.add(Mutation.from_json(line))
+                # Re-numbered here: each process counts from 1, and two processes may work on
+                # the same user's tasks one after the other.
+                log.add(dataclasses.replace(Mutation.from_json(line), seq=log.next_seq()))
                 count += 1
         if proc.returncode != 0:
             raise RuntimeError(f"orm worker failed ({proc.returncode}): {err.decode()[-2000:]}")
