@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.app import Api
+from tests.support.factories import payload
 
 TASK_KEYS = {"id", "user_id", "title", "description", "completed", "due_date"} | {
     "created_at",
@@ -62,6 +63,17 @@ def test_create_returns_the_stored_task(api: Api) -> None:
 def test_create_with_only_a_title_uses_defaults(api: Api) -> None:
     task = create(api, title="Call mum")
     assert (task["description"], task["due_date"], task["completed"]) == (None, None, False)
+
+
+def test_what_is_posted_is_what_is_read_back(api: Api) -> None:
+    for body in (payload(), payload(due=True), payload(description=None)):
+        task = create(api, **body)
+        assert (task["title"], task["description"]) == (body["title"], body["description"])
+        if "due_date" in body:
+            assert when(task["due_date"]) == datetime.fromisoformat(body["due_date"])
+        else:
+            assert task["due_date"] is None
+        assert get(api, task["id"]) == task
 
 
 def test_created_ids_are_distinct_and_growing(api: Api) -> None:
