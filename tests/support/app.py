@@ -26,7 +26,15 @@ from src.db import get_engine, reset_engine
 from src.main import create_app
 from src.models import Task, outbox_table
 
-__all__ = ["TASK_ROUTES", "TEST_SECRET", "Api", "bearer", "make_client", "make_token"]
+__all__ = [
+    "TASK_ROUTES",
+    "TEST_SECRET",
+    "Api",
+    "app_environment",
+    "bearer",
+    "make_client",
+    "make_token",
+]
 
 # Long enough for HS256 (>= 32 bytes); only ever used by tests.
 TEST_SECRET = "pakaura-tests-only-secret-0123456789abcdef-0123456789abcdef-0123456789"
@@ -106,6 +114,19 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:
 
 
 @contextmanager
+def app_environment(db_url: str, *, secret: str | None = TEST_SECRET, **env: str) -> Iterator[None]:
+    """The environment (and fresh settings and engine) an app built inside will use."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        apply_env(monkeypatch, app_env(db_url, secret, **env))
+        reset_engine()
+        try:
+            yield
+        finally:
+            reset_engine()
+            get_settings.cache_clear()
+
+
+@contextmanager
 def make_client(
     db_url: str,
     *,
@@ -114,16 +135,10 @@ def make_client(
     **env: str,
 ) -> Iterator[Api]:
     """The app built from the environment `db_url` + `env`, lifespan running."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        apply_env(monkeypatch, app_env(db_url, secret, **env))
-        reset_engine()
-        try:
-            app = create_app()
-            with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
-                yield Api(client=client, app=app, db_url=db_url)
-        finally:
-            reset_engine()
-            get_settings.cache_clear()
+    with app_environment(db_url, secret=secret, **env):
+        app = create_app()
+        with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+            yield Api(client=client, app=app, db_url=db_url)
 
 
 # Every task route as (method, path template, body); `{task_id}` is filled in by the test.
