@@ -1,7 +1,8 @@
 """ORM hooks overhead (issue 4): time per single-task insert / update / delete with commit,
 hooks on versus hooks off, in the same run, on a SQLite file and on PostgreSQL.
 
-    python -m bench.bench_hooks [--ops 400] [--rounds 6] [--sqlite-only | --pg-url URL]
+    python -m bench.bench_hooks [--ops 400] [--rounds 6] [--only sqlite|postgresql]
+                                [--pg-url URL] [--clock wall|cpu]
 
 "Hooks on" is the real `Task` model with its real hooks and `DAPR_ENABLED=true`: capture,
 Task derivation (2-3 CloudEvents per change) and the outbox INSERT (+ `pg_notify` on
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--pg-url", default=None, help="PostgreSQL URL (default: a scratch DB)")
-    parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument(
+        "--only", choices=["sqlite", "postgresql"], default=None, help="one database only"
+    )
     parser.add_argument("--dir", default=None, help="directory for the SQLite file")
     parser.add_argument(
         "--clock",
@@ -202,22 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         "| database | operation | hooks off (µs) | hooks on (µs) | on / off | p90 off / on (µs) |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        path = Path(tmp) / "bench.db"
-        timings = run(
-            f"sqlite:///{path}",
-            ops=args.ops,
-            rounds=args.rounds,
-            warmup=args.warmup,
-            clock=args.clock,
-        )
-        lines += report("SQLite file", timings)
-    if not args.sqlite_only:
+
+    def measure(url: str) -> Timings:
+        return run(url, ops=args.ops, rounds=args.rounds, warmup=args.warmup, clock=args.clock)
+
+    if args.only in (None, "sqlite"):
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            lines += report("SQLite file", measure(f"sqlite:///{Path(tmp) / 'bench.db'}"))
+    if args.only in (None, "postgresql"):
         with _postgres(args.pg_url) as url:
-            timings = run(
-                url, ops=args.ops, rounds=args.rounds, warmup=args.warmup, clock=args.clock
-            )
-            lines += report("PostgreSQL", timings)
+            lines += report("PostgreSQL", measure(url))
     print(
         f"{args.clock} clock, {args.rounds} rounds x {args.ops} ops per variant; "
         f"Python {platform.python_version()}, "
