@@ -132,3 +132,8 @@ class TaskPublic(SQLModel):
 
 
 outbox_table = build_outbox_table(SQLModel.metadata)
+
+# Importing the model is enough: every ORM write path of Task now derives its events (T-014).
+from src.events.wiring import install_task_hooks  # noqa: E402 - needs Task defined
+
+install_task_hooks(Task)
