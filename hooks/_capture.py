@@ -1,5 +1,8 @@
 """Change capture for unit-of-work flushes: mapper events in, one sink write per flush out.
 
+T-014, T-017, T-019: task events are derived here from committed changes, not published by
+routes, services or MCP tools.
+
 In the style of SQLAlchemy's `examples/versioned_history`: the change of each row is read
 from attribute history (`committed_state` holds the value before the flush, `active_history`
 on the tracked columns makes sure it was loaded), a flush without a real column change

@@ -1,5 +1,8 @@
 """The transactional outbox writer: one multi-row INSERT per flush, in the flush's transaction.
 
+T-016 (publish failures never reach API callers): the request only writes rows; delivery
+happens after commit, in the relay.
+
 The rows commit or vanish with the change that produced them (the database discards them on
 rollback and savepoint rollback), so no event exists for a write that did not commit. After the
 outermost commit the relay is woken (`WakeSignal.notify()`: cheap, coalesced, never raises);

@@ -1,5 +1,7 @@
 """Change capture for ORM statements: `do_orm_execute` on every session.
 
+T-019: `clear_completed` is one ORM bulk DELETE; it yields one change per removed row here.
+
 `session.execute(insert/update/delete(Model)...)`, sqlmodel's `session.exec`, `Query.update`
 / `Query.delete` and DML on `Model.__table__` executed through a session fire no mapper
 events, only `do_orm_execute`. Here such statements against a tracked table yield one

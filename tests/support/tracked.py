@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -27,16 +27,20 @@ from hooks import Message, RowChange, UTCDateTime, utc_now
 
 __all__ = [
     "Note",
+    "Ops",
     "Plain",
     "SinkSwitch",
     "async_url",
+    "create_schema",
     "ensure_tracked",
     "metadata",
     "note_rule",
     "open_ops",
     "outbox",
+    "outbox_bodies",
     "read_outbox",
     "sink",
+    "summary",
 ]
 
 metadata = sa.MetaData()
@@ -146,7 +150,6 @@ def async_url(url: str) -> str:
 
 # -- one scenario, sync or async -------------------------------------------------------------
 
-T = TypeVar("T")
 Mode = Literal["sync", "async"]
 
 
@@ -154,7 +157,7 @@ class Ops:
     """The session operations a scenario uses, the same for sync and async sessions."""
 
     def __init__(
-        self, session: Session | AsyncSession, run: Callable[[Awaitable[T]], T] | None
+        self, session: Session | AsyncSession, run: Callable[[Awaitable[Any]], Any] | None
     ) -> None:
         self.session = session
         self._run = run
@@ -258,7 +261,3 @@ def create_schema(url: str) -> sa.Engine:
     engine = sa.create_engine(url)
     metadata.create_all(engine)
     return engine
-
-
-def ids(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
-    return [row[1] for row in rows]
