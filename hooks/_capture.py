@@ -31,7 +31,6 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
-from sqlalchemy.orm.attributes import instance_state
 
 from hooks._sink import Sink, SinkFactory
 from hooks._types import ChangeKind, ChangeRule, HooksError, Message, RowChange
@@ -180,17 +179,19 @@ class Tracker:
     ) -> RowChange:
         return RowChange(kind, self.table.name, identity, old, new, changed)
 
-    # -- mapper events -------------------------------------------------------------------------
+    # -- mapper events (registered with raw=True: they get the InstanceState) ------------------
 
-    def after_insert(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
-        state = instance_state(target)
+    def after_insert(
+        self, mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]
+    ) -> None:
         new = self.snapshot(state, connection)
         self._record(state, connection, self.change("insert", self.identity_of(new), {}, new))
 
-    def before_update(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    def before_update(
+        self, mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]
+    ) -> None:
         # Registered only when the table has onupdate columns: keep their values before the
         # UPDATE replaces them, so `old` is right for them too.
-        state = instance_state(target)
         values, committed = state.dict, state.committed_state
         before = {
             key: values.get(key, _NO_VALUE) for key in self.onupdate_keys if key not in committed
@@ -198,8 +199,9 @@ class Tracker:
         if before:
             _buffer_for(state).before_update[state] = before
 
-    def after_update(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
-        state = instance_state(target)
+    def after_update(
+        self, mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]
+    ) -> None:
         committed: Mapping[str, Any] = state.committed_state
         if self.onupdate_keys:
             before = _buffer_for(state).before_update.pop(state, None)
@@ -226,8 +228,9 @@ class Tracker:
         change = self.change("update", self.identity_of(new), old, new, frozenset(changed))
         self._record(state, connection, change)
 
-    def before_delete(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
-        state = instance_state(target)
+    def before_delete(
+        self, mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]
+    ) -> None:
         if not self._unknown(state):
             return
         # Deleting an expired object loads nothing: read its last stored row before it goes.
@@ -236,8 +239,9 @@ class Tracker:
         if row is not None:
             _buffer_for(state).preloaded[state] = row
 
-    def after_delete(self, mapper: Mapper[Any], connection: Connection, target: Any) -> None:
-        state = instance_state(target)
+    def after_delete(
+        self, mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]
+    ) -> None:
         buffer = _buffer_for(state)
         row = buffer.preloaded.pop(state, None)
         if row is None:

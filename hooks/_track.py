@@ -105,12 +105,14 @@ def track(
             ignore=frozenset(ignore),
         )
         _install_process_listeners()
-        _listen(tracker, model, "after_insert", tracker.after_insert, propagate=True)
+        _listen(tracker, model, "after_insert", tracker.after_insert, propagate=True, raw=True)
         if tracker.onupdate_keys:
-            _listen(tracker, model, "before_update", tracker.before_update, propagate=True)
-        _listen(tracker, model, "after_update", tracker.after_update, propagate=True)
-        _listen(tracker, model, "before_delete", tracker.before_delete, propagate=True)
-        _listen(tracker, model, "after_delete", tracker.after_delete, propagate=True)
+            _listen(
+                tracker, model, "before_update", tracker.before_update, propagate=True, raw=True
+            )
+        _listen(tracker, model, "after_update", tracker.after_update, propagate=True, raw=True)
+        _listen(tracker, model, "before_delete", tracker.before_delete, propagate=True, raw=True)
+        _listen(tracker, model, "after_delete", tracker.after_delete, propagate=True, raw=True)
         for key in keys:
             # The old value must be in history also when the attribute was expired (after a
             # commit) when assigned: active_history loads it first.
