@@ -2,8 +2,9 @@
 
     python -m bench._sidecar --port P --dump FILE
 
-Records nothing on stdout (so its own CPU stays small); on SIGTERM writes one JSON line per
-received event (topic, type, task id, receive time) to FILE and exits.
+Records nothing on stdout (so its own CPU stays small); SIGUSR1 toggles "hung" (requests are
+accepted and never answered); on SIGTERM writes one JSON line per received event (topic,
+type, id, task id, receive time) to FILE and exits.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with DaprEmulator(port=args.port) as emulator:
+        hung = [False]
+
+        def toggle(*_: object) -> None:
+            hung[0] = not hung[0]
+            emulator.hang(hung[0])
+
+        signal.signal(signal.SIGUSR1, toggle)
         while not stop.wait(0.2):
             pass
+        emulator.hang(False)
         received = emulator.received
     with open(args.dump, "w", encoding="utf-8") as out:
         for d in received:

@@ -3,6 +3,7 @@
     python -m bench.bench_relay drain   [--db sqlite|postgresql] [--events 50000] [--mode auto]
     python -m bench.bench_relay latency [--db ...] [--rate 200] [--seconds 10] [--writer thread]
     python -m bench.bench_relay memory  [--db ...] [--events 100000] [--seconds 30]
+    python -m bench.bench_relay api     [--db ...] [--rate 50] [--seconds 10]
 
 The emulated sidecar (tests/support/dapr_emulator.py) runs in a process of its own
 (bench/_sidecar.py), so its CPU is not counted against the relay. The relay is the app's:
@@ -16,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -330,6 +330,114 @@ def memory(db: str, events: int, seconds: float) -> dict[str, Any]:
     }
 
 
+# --- API request latency: this design vs the seed design vs events off -------------------------
+
+API_SCENARIOS = [
+    ("off", "healthy"),
+    ("outbox", "healthy"),
+    ("outbox", "down"),
+    ("outbox", "hung"),
+    ("seed", "healthy"),
+    ("seed", "down"),
+    ("seed", "hung"),
+]
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+async def _load(base: str, token: str, rate: float, seconds: float) -> list[float]:
+    """Open loop at `rate` requests/s: create a task, then complete it; latency in ms."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    lags: list[float] = []
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as c:
+
+        async def one(n: int) -> None:
+            started = time.perf_counter()
+            if n % 2 == 0:
+                r = await c.post("/api/alice/tasks", json={"title": f"task {n}"})
+                created.append(r.json()["id"])
+            else:
+                task_id = created.pop(0) if created else 1
+                r = await c.patch(f"/api/alice/tasks/{task_id}/complete")
+            r.raise_for_status()
+            lags.append((time.perf_counter() - started) * 1000)
+
+        created: list[int] = []
+        for n in range(20):  # warm-up, not measured
+            await one(n)
+        lags.clear()
+        tasks = []
+        start = time.perf_counter()
+        for n in range(int(rate * seconds)):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n)))
+        await asyncio.gather(*tasks)
+    return lags
+
+
+def api(db: str, rate: float, seconds: float) -> list[dict[str, Any]]:
+    import signal
+
+    from src.auth import issue_token
+
+    secret = "bench-only-secret-0123456789abcdef-0123456789abcdef"
+    token = issue_token("alice", secret)
+    results = []
+    for mode, state in API_SCENARIOS:
+        with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
+            port = _free_port()
+            env = {
+                **os.environ,
+                **app_env(url, car.port),
+                "DAPR_ENABLED": "true" if mode == "outbox" else "false",
+                "BETTER_AUTH_SECRET": secret,
+            }
+            server = subprocess.Popen(
+                [sys.executable, "-m", "bench._api_server", "--mode", mode, "--port", str(port)],
+                env={**env, "LOG_LEVEL": "ERROR"},  # the seed design logs every failure
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                base = f"http://127.0.0.1:{port}"
+                _wait_http(base + "/health")
+                time.sleep(1.0)  # the relay is leader by now
+                if state == "down":
+                    car.stop()
+                elif state == "hung" and car.proc is not None:
+                    car.proc.send_signal(signal.SIGUSR1)
+                lags = asyncio.run(_load(base, token, rate, seconds))
+            finally:
+                server.terminate()
+                server.wait(30)
+        results.append(
+            {
+                "design": mode,
+                "sidecar": state,
+                "rate": rate,
+                "latency_ms": {k: round(v, 2) for k, v in percentiles(lags).items()},
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 # --- helpers run as subprocesses --------------------------------------------------------------
 
 
@@ -364,6 +472,10 @@ def main() -> int:
     mem.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
     mem.add_argument("--events", type=int, default=100_000)
     mem.add_argument("--seconds", type=float, default=30)
+    a = sub.add_parser("api")
+    a.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
+    a.add_argument("--rate", type=float, default=50)
+    a.add_argument("--seconds", type=float, default=10)
     w = sub.add_parser("_writer")
     w.add_argument("--rate", type=float, required=True)
     w.add_argument("--seconds", type=float, required=True)
@@ -382,6 +494,9 @@ def main() -> int:
         result = drain(args.db, args.events, args.mode)
     elif args.command == "latency":
         result = latency(args.db, args.rate, args.seconds, args.writer)
+    elif args.command == "api":
+        api(args.db, args.rate, args.seconds)
+        return 0
     else:
         result = memory(args.db, args.events, args.seconds)
     print(json.dumps(result))

@@ -3,22 +3,24 @@
 Issue 8 / T-016. Runs as a task in the API's event loop (or alone, `pakaura relay`); requests
 never wait for it and never see its errors.
 
-One round: [database thread] apply the previous round's results (one DELETE for the sent
-rows, one executemany UPDATE for the failed ones) and pick the next batch, in one short
-transaction; [event loop] send the batch, one transport call per topic, concurrently.
+A round: [reading thread] pick the next batch, read only; [event loop] send it, one
+transport call per topic, concurrently; [writing thread] record the results: one DELETE for
+the sent rows, one executemany UPDATE for the failed ones. The next batch is read while one
+is on the wire, and results are recorded off the path from commit to sidecar.
 
 Ordering: a batch holds, per (topic, partition key), only the key's *first* row in the outbox,
-and only if it is due. So two events of one key are never in flight together and a key's later
-events wait behind an earlier one that failed; bulk publishing (no order inside a request)
-cannot reorder a key. Rows of other keys are not held up.
+and only if it is due; keys with a row being sent or not yet recorded are left out. So two
+events of one key are never in flight together and a key's later events wait behind an
+earlier one that failed; bulk publishing (no order inside a request) cannot reorder a key.
+Rows of other keys are not held up.
 
 Failures are charged to the narrowest cause:
 - nothing in the round got through (sidecar down, hung, misconfigured): the relay pauses as a
   whole (capped exponential back-off with jitter) and retries the same head rows afterwards;
   it does not walk the backlog against a dead sidecar. A readiness probe during the pause ends
   it early once a sidecar that was seen unready answers again.
-- every message of a topic was refused as a configuration error while others passed: that
-  topic pauses (it stops being scanned), the rest keeps flowing.
+- every message of a topic was refused as a configuration error (401/403/404…): that topic
+  pauses (it stops being scanned), the other topics keep flowing.
 - otherwise the failed row itself is due again after its own back-off (by its `attempts`).
 No event is ever dropped; every failure increments `attempts` and records `last_error`.
 """
@@ -26,6 +28,7 @@ No event is ever dropped; every failure increments `attempts` and records `last_
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import json
@@ -117,6 +120,8 @@ class _Row:
 @dataclass(slots=True)
 class _Picked:
     rows: list[_Row]
+    # A row was left out because its key was settling: look again once that is recorded.
+    held_back: bool = False
     stats: tuple[int, datetime | None] | None = None
 
 
@@ -278,8 +283,8 @@ class _Store:
 
         Pages through the outbox from `skip.cursor` (the head when None) until the batch is
         full, the table ends or `scan_limit` rows were read: bounded time and memory with any
-        backlog. Keys `in_flight` (being sent) are left alone. Updates `skip` with the keys
-        found blocked and the new cursor.
+        backlog. Keys `in_flight` (being sent, or sent and not recorded yet) are left alone.
+        Updates `skip` with the keys found blocked and the new cursor.
         """
         t = self.table
         base = sa.select(*self._columns).order_by(t.c.seq)
@@ -299,13 +304,14 @@ class _Store:
         # The cursor only passes rows that stay unsendable: it stops at the first row picked
         # or in flight (deleting those makes the key's next rows sendable).
         movable = True
+        held_back = False
         while True:
             stmt = base if after is None else base.where(t.c.seq > after)
             chunk = conn.execute(stmt.limit(page), params).all()
             for seq, event_id, topic, key, payload, attempts, waiting_until, created in chunk:
                 ident = (topic, key)
                 if ident in in_flight:
-                    movable = False
+                    movable, held_back = False, True
                     continue
                 if ident in blocked:
                     if movable:
@@ -321,7 +327,7 @@ class _Store:
                     movable = False
                     if len(rows) >= batch_size:
                         skip.cursor = cursor
-                        return _Picked(rows)
+                        return _Picked(rows, held_back)
                 else:
                     blocked.add(ident)
                     if skip.until is None or waiting_until < skip.until:
@@ -331,8 +337,29 @@ class _Store:
             scanned += len(chunk)
             if len(chunk) < page or scanned >= scan_limit:
                 skip.cursor = cursor
-                return _Picked(rows)
+                return _Picked(rows, held_back)
             after = chunk[-1][0]
+
+
+class _Settling:
+    """Rows being sent, or sent with their results not yet recorded in the outbox."""
+
+    def __init__(self) -> None:
+        self.keys: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.seqs: set[int] = set()
+
+    def add(self, rows: list[_Row]) -> None:
+        for row in rows:
+            self.keys[(row.message.topic, row.message.key)] += 1
+            self.seqs.add(row.seq)
+
+    def remove(self, rows: list[_Row]) -> None:
+        for row in rows:
+            ident = (row.message.topic, row.message.key)
+            self.keys[ident] -= 1
+            if self.keys[ident] <= 0:
+                del self.keys[ident]
+            self.seqs.discard(row.seq)
 
 
 def _positive(name: str, value: float, *, zero_ok: bool = False) -> float:
@@ -344,8 +371,8 @@ def _positive(name: str, value: float, *, zero_ok: bool = False) -> float:
 class OutboxRelay:
     """Delivers the outbox `table` of `engine` through `transport`. See the module docstring.
 
-    `engine` is a synchronous `Engine`; the relay's SQL runs on one thread of its own, in
-    submission order (reads never overtake the recording of earlier results).
+    `engine` is a synchronous `Engine`; the relay reads on one thread and records results on
+    another, each with one pooled connection kept between calls.
     `wake` is the signal the commit hooks fire; on PostgreSQL the relay also LISTENs on
     `notify_channel` (None: don't) and polls every `poll_interval` seconds as a fallback.
     `ready` (e.g. the sidecar's /v1.0/healthz/outbound) is awaited before the first send.
@@ -409,8 +436,9 @@ class OutboxRelay:
 
         self._state = RelayState.STOPPED
         self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sa.Connection | None = None  # used on the SQL thread only
+        # Reading and writing SQL threads, each with its connection (used on that thread only).
+        self._executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._conns: dict[bool, sa.Connection | None] = {False: None, True: None}
         self._stopping = False
         self._drain_deadline = 0.0
         # Created in `run()`: an asyncio.Event belongs to the loop that first waits on it.
@@ -422,6 +450,7 @@ class OutboxRelay:
         self._saw_unready = False
         self._topic_pause: dict[str, tuple[float, int]] = {}
         self._skip = _Skip()
+        self._held_back = False
         self._next_stats = 0.0
         self._stats: tuple[int, datetime | None, datetime] | None = None
         self._published = 0
@@ -480,7 +509,10 @@ class OutboxRelay:
         self._kick = asyncio.Event()
         self._state = RelayState.STARTING
         self._wake.attach()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay")
+        self._executors = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay-read"),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-relay-write"),
+        )
         try:
             await self._wait_until_ready()
             while not self._stopping:
@@ -500,8 +532,9 @@ class OutboxRelay:
             self._wake.detach()
             with contextlib.suppress(Exception):
                 await self._leadership.release()
-            self._executor.submit(self._close_connection)
-            self._executor.shutdown(wait=False)
+            for write, executor in enumerate(self._executors):
+                executor.submit(self._close_connection, bool(write))
+                executor.shutdown(wait=False)
             logger.info("outbox relay stopped")
 
     # --- main loop ----------------------------------------------------------------------
@@ -509,12 +542,13 @@ class OutboxRelay:
     async def _lead(self) -> None:
         self._skip = _Skip()  # another leader may have changed the outbox meanwhile
         listener = self._start_listener()
-        # While one batch is on the wire the next one is read (without the keys in flight),
-        # so database and HTTP time overlap. Results are recorded (DELETE / UPDATE) off the
-        # path from commit to sidecar; the SQL thread runs them before any later read.
+        # While one batch is on the wire the next one is read, so database and HTTP time
+        # overlap; results are recorded (DELETE / UPDATE) on a second connection, off the
+        # path from commit to sidecar. Until its results are recorded a sent row is
+        # "settling": reads leave its key alone, so a key never has two rows in flight.
+        settling = _Settling()
         sending: asyncio.Task[_Results] | None = None
-        flying: frozenset[tuple[str, str]] = frozenset()
-        flying_seqs: list[int] = []
+        sending_rows: list[_Row] = []
         recordings: set[asyncio.Future[None]] = set()
         try:
             while True:
@@ -526,22 +560,23 @@ class OutboxRelay:
                     await self._wait_in_pause()
                     continue
                 confirmed, picked = await asyncio.gather(
-                    self._leadership.confirm(), self._pick(flying, flying_seqs)
+                    self._leadership.confirm(), self._pick(settling)
                 )
                 if sending is not None:
-                    self._record(await sending, recordings)
-                    sending, flying, flying_seqs = None, frozenset(), []
+                    self._record(await sending, sending_rows, settling, recordings)
+                    sending, sending_rows = None, []
                 if not confirmed:
                     logger.warning("outbox relay is no longer the leader; standing by")
                     break
                 if picked is None:  # database error, already paused
                     continue
+                self._held_back = picked.held_back
                 if picked.stats is not None:
                     self._set_stats(*picked.stats)
                 if picked.rows and self._pause_until <= time.monotonic():
-                    flying = frozenset((r.message.topic, r.message.key) for r in picked.rows)
-                    flying_seqs = [r.seq for r in picked.rows]
-                    sending = asyncio.create_task(self._deliver(picked.rows))
+                    sending_rows = picked.rows
+                    settling.add(sending_rows)
+                    sending = asyncio.create_task(self._deliver(sending_rows))
                     continue
                 if picked.rows:  # the last batch paused the relay: these wait for the retry
                     continue
@@ -551,7 +586,7 @@ class OutboxRelay:
         finally:
             if sending is not None:
                 if sending.done() and not sending.cancelled():
-                    self._record(sending.result(), recordings)
+                    self._record(sending.result(), sending_rows, settling, recordings)
                 else:  # outcome unknown: the rows stay and are sent again later
                     sending.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -563,9 +598,7 @@ class OutboxRelay:
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
 
-    async def _pick(
-        self, flying: frozenset[tuple[str, str]], flying_seqs: list[int]
-    ) -> _Picked | None:
+    async def _pick(self, settling: _Settling) -> _Picked | None:
         """The next batch (read only); None, and a pause, on a database error."""
         try:
             return await self._db(
@@ -575,8 +608,8 @@ class OutboxRelay:
                     batch_size=self._batch_size,
                     scan_limit=self._scan_limit,
                     skip=self._current_skip(),
-                    in_flight=flying,
-                    in_flight_seqs=flying_seqs,
+                    in_flight=frozenset(settling.keys),
+                    in_flight_seqs=list(settling.seqs),
                     want_stats=self._stats_due(),
                 ),
                 write=False,
@@ -585,9 +618,16 @@ class OutboxRelay:
             self._database_failed(exc)
             return None
 
-    def _record(self, results: _Results, recordings: set[asyncio.Future[None]]) -> None:
-        """Queues one DELETE (sent) and one UPDATE (failed) on the SQL thread."""
-        if not results:
+    def _record(
+        self,
+        results: _Results,
+        rows: list[_Row],
+        settling: _Settling,
+        recordings: set[asyncio.Future[None]],
+    ) -> None:
+        """Queues one DELETE (sent) and one UPDATE (failed); `rows` settle once it is done."""
+        if not results:  # nothing known (sending cancelled): the rows simply stay
+            settling.remove(rows)
             return
         recording = asyncio.ensure_future(
             self._db(partial(self._store.apply, results=results), write=True)
@@ -596,11 +636,14 @@ class OutboxRelay:
 
         def done(future: asyncio.Future[None]) -> None:
             recordings.discard(future)
+            settling.remove(rows)
             if future.cancelled():
                 return
             exc = future.exception()
             if exc is not None:  # the rows stay: sent again later (consumers de-duplicate)
                 self._database_failed(exc)
+            elif self._held_back:
+                self._wake.notify()  # a key's next row waited for this: look again
 
         recording.add_done_callback(done)
 
@@ -849,15 +892,18 @@ class OutboxRelay:
     # --- helpers ------------------------------------------------------------------------
 
     async def _db(self, fn: Callable[[sa.Connection], _T], *, write: bool) -> _T:
-        """Runs `fn(connection)` on the relay's SQL thread (in submission order)."""
+        """Runs `fn(connection)` on the relay's reading or writing SQL thread; each thread
+        keeps one pooled connection and runs its calls in submission order."""
+        assert self._executors is not None, "the relay is not running"
+        executor = self._executors[1 if write else 0]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._on_connection, fn, write)
+        return await loop.run_in_executor(executor, self._on_connection, fn, write)
 
     def _on_connection(self, fn: Callable[[sa.Connection], _T], write: bool) -> _T:
-        # One pooled connection, kept between calls: no checkout (and pre-ping) per round.
-        conn = self._conn
+        # A kept connection: no checkout (and pre-ping) per round.
+        conn = self._conns[write]
         if conn is None or conn.closed or conn.invalidated:
-            conn = self._conn = self._engine.connect()
+            conn = self._conns[write] = self._engine.connect()
         try:
             if write:
                 with conn.begin():
@@ -867,13 +913,13 @@ class OutboxRelay:
             finally:
                 conn.rollback()  # a read: nothing to flush, no transaction left open
         except BaseException:
-            self._conn = None
+            self._conns[write] = None
             with contextlib.suppress(Exception):
                 conn.close()
             raise
 
-    def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
+    def _close_connection(self, write: bool) -> None:
+        conn, self._conns[write] = self._conns[write], None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()

@@ -133,3 +133,26 @@ def test_a_failing_key_holds_back_only_its_own_later_events(outbox: Any) -> None
     run(scenario)
     assert fake.per_key() == expected_order(events, ids)
     assert fake.overlaps == []
+
+
+def test_a_keys_next_event_follows_as_soon_as_the_previous_one_is_recorded(
+    outbox: Any,
+) -> None:
+    fake = FakeTransport()
+    wake = WakeSignal()
+    events = [("task-events", "same-task")] * 4  # e.g. created, updated, completed, deleted
+
+    async def scenario() -> list[str]:
+        relay = quick_relay(outbox, fake, wake=wake, poll_interval=30.0)
+        await relay.start()
+        await eventually(lambda: relay.state is RelayState.LEADER)
+        await asyncio.sleep(0.1)
+        ids = write_events(*outbox, events)
+        wake.notify()  # one wake-up for the commit; the rest must follow without the poll
+        await eventually(lambda: len(fake.delivered) == 4, timeout=2.0)
+        await relay.stop()
+        return ids
+
+    ids = asyncio.run(scenario())
+    assert [m.id for m in fake.delivered] == ids
+    assert [c.size for c in fake.calls] == [1, 1, 1, 1]  # one at a time, in order
