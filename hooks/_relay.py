@@ -120,7 +120,10 @@ class _Row:
 @dataclass(slots=True)
 class _Picked:
     rows: list[_Row]
-    # A row was left out because its key was settling: look again once that is recorded.
+    # The scan stopped early (batch full, scan limit): more rows may be sendable now.
+    more: bool = False
+    # A row was left out because its key is being sent or settling: look again once the
+    # results are recorded.
     held_back: bool = False
     stats: tuple[int, datetime | None] | None = None
 
@@ -317,7 +320,8 @@ class _Store:
                     if movable:
                         cursor = seq
                     continue
-                if ident in seen:
+                if ident in seen:  # a later row of a key picked above
+                    held_back = True
                     continue
                 seen.add(ident)
                 if waiting_until is None:
@@ -327,7 +331,7 @@ class _Store:
                     movable = False
                     if len(rows) >= batch_size:
                         skip.cursor = cursor
-                        return _Picked(rows, held_back)
+                        return _Picked(rows, True, held_back)
                 else:
                     blocked.add(ident)
                     if skip.until is None or waiting_until < skip.until:
@@ -337,7 +341,7 @@ class _Store:
             scanned += len(chunk)
             if len(chunk) < page or scanned >= scan_limit:
                 skip.cursor = cursor
-                return _Picked(rows, held_back)
+                return _Picked(rows, len(chunk) == page, held_back)
             after = chunk[-1][0]
 
 
@@ -550,35 +554,42 @@ class OutboxRelay:
         sending: asyncio.Task[_Results] | None = None
         sending_rows: list[_Row] = []
         recordings: set[asyncio.Future[None]] = set()
+        confirm_at = 0.0
         try:
             while True:
                 if self._stopping and time.monotonic() >= self._drain_deadline:
                     break
+                if time.monotonic() >= confirm_at:  # also when idle: status stays true
+                    if not await self._leadership.confirm():
+                        logger.warning("outbox relay is no longer the leader; standing by")
+                        break
+                    confirm_at = time.monotonic() + self._standby_interval
                 if sending is None and self._pause_until > time.monotonic():
                     if self._stopping:  # draining into a dead sidecar helps nobody
                         break
                     await self._wait_in_pause()
                     continue
-                confirmed, picked = await asyncio.gather(
-                    self._leadership.confirm(), self._pick(settling)
-                )
+                picked = await self._pick(settling)
                 if sending is not None:
                     self._record(await sending, sending_rows, settling, recordings)
                     sending, sending_rows = None, []
-                if not confirmed:
-                    logger.warning("outbox relay is no longer the leader; standing by")
-                    break
                 if picked is None:  # database error, already paused
                     continue
                 self._held_back = picked.held_back
                 if picked.stats is not None:
                     self._set_stats(*picked.stats)
                 if picked.rows and self._pause_until <= time.monotonic():
+                    if not await self._leadership.confirm():  # checked before every send
+                        logger.warning("outbox relay is no longer the leader; standing by")
+                        break
                     sending_rows = picked.rows
                     settling.add(sending_rows)
                     sending = asyncio.create_task(self._deliver(sending_rows))
-                    continue
-                if picked.rows:  # the last batch paused the relay: these wait for the retry
+                    if picked.more:
+                        continue  # a backlog: read the next batch while this one is sent
+                    self._record(await sending, sending_rows, settling, recordings)
+                    sending, sending_rows = None, []
+                elif picked.rows:  # the last batch paused the relay: these wait for the retry
                     continue
                 if self._stopping:
                     break
