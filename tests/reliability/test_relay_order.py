@@ -2,7 +2,9 @@
 
 Focused reproduction of order violations the full `sidecar+api-kill` run found: with bulk
 publish calls that fail part of their entries, a later event of a task reached the sidecar
-before an earlier one of the same task and topic (task-updates and reminders seen).
+before an earlier one of the same task and topic (task-events, task-updates and reminders
+seen). It fails as well with DAPR_BULK_PUBLISH=never (single publishes only), and not with one
+task alone: the relay's choice of rows with several keys and failures, not the bulk API.
 """
 
 from __future__ import annotations
