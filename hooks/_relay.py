@@ -122,9 +122,9 @@ class _Picked:
     rows: list[_Row]
     # The scan stopped early (batch full, scan limit): more rows may be sendable now.
     more: bool = False
-    # A row was left out because its key is being sent or settling: look again once the
-    # results are recorded.
-    held_back: bool = False
+    # Keys with a row left out because an earlier row of theirs is being sent or settling:
+    # look again once that is recorded.
+    held_back: set[tuple[str, str]] = field(default_factory=set)
     stats: tuple[int, datetime | None] | None = None
 
 
@@ -307,21 +307,22 @@ class _Store:
         # The cursor only passes rows that stay unsendable: it stops at the first row picked
         # or in flight (deleting those makes the key's next rows sendable).
         movable = True
-        held_back = False
+        held_back: set[tuple[str, str]] = set()
         while True:
             stmt = base if after is None else base.where(t.c.seq > after)
             chunk = conn.execute(stmt.limit(page), params).all()
             for seq, event_id, topic, key, payload, attempts, waiting_until, created in chunk:
                 ident = (topic, key)
                 if ident in in_flight:
-                    movable, held_back = False, True
+                    movable = False
+                    held_back.add(ident)
                     continue
                 if ident in blocked:
                     if movable:
                         cursor = seq
                     continue
                 if ident in seen:  # a later row of a key picked above
-                    held_back = True
+                    held_back.add(ident)
                     continue
                 seen.add(ident)
                 if waiting_until is None:
@@ -454,7 +455,8 @@ class OutboxRelay:
         self._saw_unready = False
         self._topic_pause: dict[str, tuple[float, int]] = {}
         self._skip = _Skip()
-        self._held_back = False
+        # Held-back keys still settling: their recording wakes the loop (see `_watch`).
+        self._waiting_on: set[tuple[str, str]] = set()
         self._next_stats = 0.0
         self._stats: tuple[int, datetime | None, datetime] | None = None
         self._published = 0
@@ -575,7 +577,6 @@ class OutboxRelay:
                     sending, sending_rows = None, []
                 if picked is None:  # database error, already paused
                     continue
-                self._held_back = picked.held_back
                 if picked.stats is not None:
                     self._set_stats(*picked.stats)
                 if picked.rows and self._pause_until <= time.monotonic():
@@ -585,12 +586,15 @@ class OutboxRelay:
                     sending_rows = picked.rows
                     settling.add(sending_rows)
                     sending = asyncio.create_task(self._deliver(sending_rows))
+                    self._watch(picked.held_back, settling)
                     if picked.more:
                         continue  # a backlog: read the next batch while this one is sent
                     self._record(await sending, sending_rows, settling, recordings)
                     sending, sending_rows = None, []
                 elif picked.rows:  # the last batch paused the relay: these wait for the retry
                     continue
+                else:
+                    self._watch(picked.held_back, settling)
                 if self._stopping:
                     break
                 await self._wait_for_work()
@@ -653,10 +657,16 @@ class OutboxRelay:
             exc = future.exception()
             if exc is not None:  # the rows stay: sent again later (consumers de-duplicate)
                 self._database_failed(exc)
-            elif self._held_back:
+            elif any((r.message.topic, r.message.key) in self._waiting_on for r in rows):
                 self._wake.notify()  # a key's next row waited for this: look again
 
         recording.add_done_callback(done)
+
+    def _watch(self, held_back: set[tuple[str, str]], settling: _Settling) -> None:
+        """Makes sure held-back rows are looked at again once their keys have settled."""
+        self._waiting_on = {key for key in held_back if key in settling.keys}
+        if len(self._waiting_on) < len(held_back):  # settled while we were reading
+            self._wake.notify()
 
     def _database_failed(self, exc: BaseException) -> None:
         self._skip = _Skip()
