@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from hooks import utc_now
@@ -51,3 +51,18 @@ async def health(request: Request) -> JSONResponse:
     body["relay"] = relay.status() if relay is not None else {"state": "disabled"}
     body["status"] = "ok" if ok else "degraded"
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition: relay counters (published, failed, backlog, latency), process."""
+    from src.events.relay_service import METRICS_CONTENT_TYPE, new_registry
+
+    relay = getattr(request.app.state, "relay", None)
+    if relay is not None:
+        body = relay.metrics()
+    else:
+        from prometheus_client import generate_latest
+
+        body = generate_latest(new_registry())
+    return Response(body, media_type=METRICS_CONTENT_TYPE)

@@ -6,7 +6,7 @@ import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -168,6 +168,26 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def _relay_part(app: FastAPI) -> Callable[[Settings], AbstractAsyncContextManager[None]]:
+    """The in-process outbox relay (issue 8), unless DAPR_ENABLED or RELAY_ENABLED is false.
+
+    It starts in the background: the API serves while the relay waits for the sidecar.
+    """
+
+    @asynccontextmanager
+    async def part(settings: Settings) -> AsyncIterator[None]:
+        from src.events.relay_service import running_relay
+
+        async with running_relay(settings) as handle:
+            app.state.relay = handle
+            try:
+                yield
+            finally:
+                app.state.relay = None
+
+    return part
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Builds the app. Settings are read now so a bad setting fails at start-up."""
     settings = settings or get_settings()
@@ -195,7 +215,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_secret = auth_secret
     app.state.settings = settings
     # Async context managers entered in order at start-up (relay, MCP session manager).
-    app.state.lifespan_parts = []
+    app.state.lifespan_parts = [_relay_part(app)]
+    app.state.relay = None
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     app.include_router(health_router)
