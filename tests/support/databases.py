@@ -29,7 +29,9 @@ def postgres_required() -> bool:
 def scratch_postgres_database() -> Iterator[str]:
     """Creates a uniquely named database, yields its URL, drops it afterwards."""
     name = f"pakaura_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # No pool: a connection kept from CREATE to DROP dies if the server restarts in between
+    # (the reliability tests restart it), and the DROP would fail the whole session.
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
