@@ -71,4 +71,5 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         logging.INFO if settings.log_sql else logging.WARNING
     )
     # httpx logs every request at INFO; the publisher logs outcomes itself.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
