@@ -50,5 +50,5 @@ def create_tables(engine: sa.Engine) -> None:
 
 def session_scope() -> Iterator[Session]:
     """FastAPI dependency: one session per request, closed afterwards."""
-    with Session(get_engine()) as session:
+    with Session(get_engine(), expire_on_commit=False) as session:
         yield session

@@ -25,7 +25,9 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def session(engine: sa.Engine) -> Iterator[Session]:
-    with Session(engine) as session:
+    # As the app's sessions: nothing re-read after commit, so no transaction (and on SQLite no
+    # write lock) stays open while `stored()` reads through another session.
+    with Session(engine, expire_on_commit=False) as session:
         yield session
 
 

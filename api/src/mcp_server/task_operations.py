@@ -172,7 +172,7 @@ async def _in_session(work: Callable[[Session], _T]) -> _T:
     """Runs `work` with a fresh session in a worker thread (the services are sync)."""
 
     def run() -> _T:
-        with Session(get_engine()) as session:
+        with Session(get_engine(), expire_on_commit=False) as session:
             return work(session)
 
     try:

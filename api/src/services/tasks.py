@@ -3,6 +3,11 @@
 A task of another user behaves exactly as a missing one. Functions commit their own work so
 that callers (REST, MCP, scripts) get one transaction per operation; events come from the ORM
 hooks on commit, never from here.
+
+Nothing is re-read after a commit: the app's sessions use `expire_on_commit=False` (the model
+has no server-side defaults, so the object already holds what was written). On SQLite every
+transaction holds the write lock (`BEGIN IMMEDIATE`), so a re-read would keep it until the
+session closes.
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ def create_task(session: Session, user_id: str, data: TaskCreate) -> Task:
     task = Task(user_id=user_id, **data.model_dump())
     session.add(task)
     session.commit()
-    session.refresh(task)
     return task
 
 
@@ -79,7 +83,6 @@ def update_task(session: Session, user_id: str, task_id: int, data: TaskUpdate) 
     for name, value in data.model_dump(exclude_unset=True).items():
         setattr(task, name, value)
     session.commit()
-    session.refresh(task)
     return task
 
 
@@ -87,8 +90,8 @@ def _set_completed(session: Session, user_id: str, task_id: int, completed: bool
     task = get_task(session, user_id, task_id)
     if task.completed is not completed:  # idempotent: a repeat changes and emits nothing
         task.completed = completed
-        session.commit()
-        session.refresh(task)
+    # Also when nothing changed: ends the read transaction (and SQLite's write lock) now.
+    session.commit()
     return task
 
 
