@@ -591,6 +591,8 @@ class OutboxRelay:
                         continue  # a backlog: read the next batch while this one is sent
                     self._record(await sending, sending_rows, settling, recordings)
                     sending, sending_rows = None, []
+                    if self._pause_until > time.monotonic():
+                        continue  # that batch failed as a whole: sit out the pause
                 elif picked.rows:  # the last batch paused the relay: these wait for the retry
                     continue
                 else:
@@ -731,13 +733,12 @@ class OutboxRelay:
             charged = set(groups)
         for row, result in failures:
             delay = 0.0 if row.message.topic in charged else self._backoff(row.attempts + 1)
+            next_attempt = now + timedelta(seconds=delay)
             results.retry.append(
-                {
-                    "b_seq": row.seq,
-                    "b_error": _describe(result),
-                    "b_next": now + timedelta(seconds=delay),
-                }
+                {"b_seq": row.seq, "b_error": _describe(result), "b_next": next_attempt}
             )
+            if delay and (self._skip.until is None or next_attempt < self._skip.until):
+                self._skip.until = next_attempt  # wake up for the retry, even when idle
             self.metrics.failed.labels(row.message.topic, result.outcome.value).inc()
         self._log_failures(failures)
         return results
