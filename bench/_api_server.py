@@ -5,7 +5,8 @@
 Settings come from the environment (DATABASE_URL, DAPR_*, BETTER_AUTH_SECRET).
 
 - `off`: events off (DAPR_ENABLED=false): neither outbox nor publishing.
-- `outbox`: this design: ORM hooks write the outbox, the in-process relay delivers.
+- `outbox`: this design: ORM hooks write the outbox, the in-process relay (started by the
+  app's lifespan) delivers.
 - `seed`: the seed design for comparison: no outbox; after each successful task mutation the
   response waits for the lifecycle and sync events to be published to the sidecar, in the
   request, with the publisher's 2 s time-out (what T-014/T-017 did in the routes).
@@ -18,7 +19,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import uvicorn
@@ -66,11 +67,6 @@ class SeedPublishing:
             await send(message)
 
 
-def _starts_relay(app: Any) -> bool:
-    """True when the app's own lifespan already runs the relay (main.py wiring)."""
-    return any("relay" in getattr(part, "__name__", "") for part in app.state.lifespan_parts)
-
-
 def build(mode: str) -> Any:
     from src.config import get_settings
     from src.db import get_engine  # noqa: F401 - models and hooks imported
@@ -86,16 +82,6 @@ def build(mode: str) -> Any:
 
         publisher = EventPublisher(settings.model_copy(update={"dapr_enabled": True}))
         return SeedPublishing(app, publisher)
-    if mode == "outbox" and not _starts_relay(app):
-        from src.events.relay_service import running_relay
-
-        @contextlib.asynccontextmanager
-        async def relay_part(s: Any) -> AsyncIterator[None]:
-            async with running_relay(s) as handle:
-                app.state.relay = handle
-                yield
-
-        app.state.lifespan_parts.insert(0, relay_part)
     return app
 
 
