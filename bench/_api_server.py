@@ -70,11 +70,8 @@ class SeedPublishing:
 def build(mode: str) -> Any:
     from src.config import get_settings
     from src.db import get_engine  # noqa: F401 - models and hooks imported
-    from src.events.wiring import install_task_hooks
     from src.main import create_app
-    from src.models import Task
 
-    install_task_hooks(Task)
     settings = get_settings()
     app = create_app(settings)
     if mode == "seed":

@@ -97,12 +97,9 @@ def use_app(env: dict[str, str]) -> Any:
     os.environ.update(env)
     from src.config import get_settings
     from src.db import create_tables, get_engine, reset_engine
-    from src.events.wiring import install_task_hooks
-    from src.models import Task
 
     get_settings.cache_clear()
     reset_engine()
-    install_task_hooks(Task)  # idempotent; what importing the models does
     create_tables(get_engine())
     logger.remove()
     logger.add(sys.stderr, level="ERROR")  # failed rounds are expected in some runs

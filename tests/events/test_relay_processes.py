@@ -20,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 from src.db import create_tables, get_engine
-from src.events.wiring import install_task_hooks
 from src.models import Task, outbox_table
 
 from hooks._leader import describe_leader
@@ -72,7 +71,6 @@ class Relays:
 @pytest.fixture
 def setup(db_url: str, dapr: DaprEmulator, tmp_path: Path) -> Iterator[tuple[sa.Engine, Relays]]:
     with app_environment(db_url, dapr_enabled="true", dapr_http_port=str(dapr.port)):
-        install_task_hooks(Task)
         engine = get_engine()
         create_tables(engine)
         relays = Relays(db_url, dapr.port, tmp_path)

@@ -21,7 +21,7 @@ from src.events.relay_service import (
     running_relay,
     start_relay,
 )
-from src.events.wiring import install_task_hooks, reset_outbox_wakeup
+from src.events.wiring import reset_outbox_wakeup
 from src.models import Task, outbox_table
 
 from tests.support.app import app_environment
@@ -40,7 +40,6 @@ def dapr_env(db_url: str, dapr: DaprEmulator) -> Iterator[sa.Engine]:
         dapr_http_port=str(dapr.port),
         relay_poll_interval="5",  # long: only wake-ups can explain a fast delivery
     ):
-        install_task_hooks(Task)  # what importing src.models does (idempotent)
         reset_outbox_wakeup()
         engine = get_engine()
         create_tables(engine)
