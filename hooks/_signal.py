@@ -50,7 +50,7 @@ class WakeSignal:
                 self._fire()
             else:
                 loop.call_soon_threadsafe(self._fire)
-        except Exception:  # noqa: BLE001 - a wake-up must never break a commit
+        except Exception:  # a wake-up must never break a commit
             return
 
     def _fire(self) -> None:

@@ -11,9 +11,9 @@ events, only `do_orm_execute`. Here such statements against a tracked table yiel
   asked for no rows, so `inserted_primary_key` and `rowcount` keep working), so ids and
   defaults are known.
 - UPDATE / DELETE: the rows the WHERE clause selects are read first (`FOR UPDATE` where the
-  dialect has it), the statement runs, then the rows are read again by primary key: an update
-  yields a change for each row whose tracked columns really changed; a delete one for each row
-  that is gone.
+  dialect has it), the statement runs restricted to exactly those rows, then the rows are read
+  again by primary key: an update yields a change for each row whose tracked columns really
+  changed; a delete one for each row that is gone.
 
 Not visible here (documented in docs/hooks.md): Core `Connection.execute` and `text()` SQL.
 """
@@ -141,7 +141,18 @@ def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[A
     connection = session.connection(bind_arguments=state.bind_arguments)
     before = _rows_before(connection, tracker, state)
 
-    result = state.invoke_statement()
+    if state.is_executemany or connection.dialect.name == "sqlite":
+        # SQLite: the transaction holds the database's write lock, nobody can slip in.
+        result = state.invoke_statement()
+    else:
+        # Only the rows read (and locked) above may change: under READ COMMITTED a row another
+        # transaction commits into the WHERE clause meanwhile would otherwise change without
+        # an event. The statement then acts as if it had run just before that commit.
+        result = state.invoke_statement(
+            statement=state.statement.where(
+                _identity_filter(tracker, list(before), connection.dialect.name)
+            )
+        )
     if not before:
         return result
 
@@ -198,6 +209,24 @@ def _rows_before(
         if where is None:
             break  # every parameter set touches every row
     return dict(sorted(found.items(), key=lambda item: _sort_key(item[0])))
+
+
+_MAX_IN_LIST = 10_000
+
+
+def _identity_filter(
+    tracker: Tracker, identities: list[tuple[Any, ...]], dialect: str
+) -> sa.ColumnElement[bool]:
+    if len(tracker.pk_columns) == 1:
+        column = tracker.pk_columns[0]
+        ids = [identity[0] for identity in identities]
+        if dialect == "postgresql" and len(ids) > _MAX_IN_LIST:
+            # One array parameter instead of more binds than the protocol allows (65,535).
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            return column == sa.any_(sa.bindparam("hooks_ids", ids, type_=ARRAY(column.type)))
+        return column.in_(ids)
+    return sa.tuple_(*tracker.pk_columns).in_(identities)
 
 
 def _sort_key(identity: tuple[Any, ...]) -> tuple[Any, ...]:
