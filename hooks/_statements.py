@@ -148,8 +148,9 @@ def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[A
         # Only the rows read (and locked) above may change: under READ COMMITTED a row another
         # transaction commits into the WHERE clause meanwhile would otherwise change without
         # an event. The statement then acts as if it had run just before that commit.
+        statement: Any = state.statement  # an Update or Delete here
         result = state.invoke_statement(
-            statement=state.statement.where(
+            statement=statement.where(
                 _identity_filter(tracker, list(before), connection.dialect.name)
             )
         )
