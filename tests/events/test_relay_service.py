@@ -24,9 +24,9 @@ from src.events.relay_service import (
 from src.events.wiring import reset_outbox_wakeup
 from src.models import Task, outbox_table
 
-from tests.support.app import app_environment
+from tests.support.app import app_environment, make_client
 from tests.support.dapr_emulator import DaprEmulator
-from tests.support.relay_helpers import eventually
+from tests.support.relay_helpers import eventually, wait_until
 
 SOON = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
 
@@ -217,3 +217,28 @@ def test_outbox_status_and_retry_commands(dapr_env: sa.Engine) -> None:
     assert "HTTP 403: forbidden" in text
     assert "relay leader: none running" in text
     assert retry_outbox_now(get_settings()) == 1
+
+
+def test_requests_never_wait_for_a_hung_sidecar(db_url: str, dapr: DaprEmulator) -> None:
+    """T-016 through the real app: the relay runs in the API's event loop, and still a
+    mutation answers long before the 2 s publish time-out the seed design waited for."""
+    with make_client(
+        db_url, dapr_enabled="true", dapr_http_port=str(dapr.port), dapr_publish_timeout="2"
+    ) as api:
+        wait_until(lambda: api.client.get("/health").json()["relay"]["state"] == "leader")
+        dapr.hang(True)
+        slowest = 0.0
+        for n in range(6):
+            started = time.monotonic()
+            response = api.client.post(
+                "/api/alice/tasks", json={"title": f"task {n}"}, headers=api.auth("alice")
+            )
+            slowest = max(slowest, time.monotonic() - started)
+            assert response.status_code == 201
+            time.sleep(0.1)  # let the relay try (and hang) in between
+        assert slowest < 1.0  # the seed design: at least 2 s per event with a hung sidecar
+        relay = api.client.get("/health").json()["relay"]
+        assert relay["published"] == 0
+        assert api.count(outbox_table) == 12  # every event waits in the outbox
+        dapr.hang(False)
+        wait_until(lambda: api.count(outbox_table) == 0, timeout=15)
