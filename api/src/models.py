@@ -39,10 +39,10 @@ def _require_offset(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("due_date needs a time zone offset, e.g. 2026-12-01T09:00:00+01:00")
     try:
-        value.astimezone(UTC)  # stored in UTC: 0001-01-01T00:00+01:00 has no UTC form
+        # Stored and answered in UTC: 0001-01-01T00:00+01:00 has no UTC form.
+        return value.astimezone(UTC)
     except OverflowError:
         raise ValueError("due_date is out of range once converted to UTC") from None
-    return value
 
 
 def _strip(value: Any) -> Any:
