@@ -331,7 +331,7 @@ class _Store:
                     )
                     movable = False
                     if len(rows) >= batch_size:
-                        skip.cursor = cursor
+                        skip.cursor = _before_in_flight(cursor, in_flight_seqs)
                         return _Picked(rows, True, held_back)
                 else:
                     blocked.add(ident)
@@ -341,9 +341,24 @@ class _Store:
                         cursor = seq
             scanned += len(chunk)
             if len(chunk) < page or scanned >= scan_limit:
-                skip.cursor = cursor
+                skip.cursor = _before_in_flight(cursor, in_flight_seqs)
                 return _Picked(rows, len(chunk) == page, held_back)
             after = chunk[-1][0]
+
+
+def _before_in_flight(cursor: int | None, in_flight_seqs: Sequence[int]) -> int | None:
+    """Keeps the cursor below every row in flight (issue 7).
+
+    Reads leave rows in flight out, so the cursor could pass one unseen; if its send then
+    failed, scans starting after the cursor never saw it again, its key was not blocked, and
+    the key's next row was sent first: per-key order broken.
+    """
+    if cursor is None or not in_flight_seqs:
+        return cursor
+    lowest = min(in_flight_seqs)
+    if cursor < lowest:
+        return cursor
+    return lowest - 1 if lowest > 1 else None
 
 
 class _Settling:
