@@ -5,6 +5,7 @@
     python -m bench.bench_relay memory  [--db ...] [--events 100000] [--seconds 30]
     python -m bench.bench_relay api     [--db ...] [--rate 50] [--seconds 10]
 
+`--mode`: auto (bulk publish), never (single publish), null (no HTTP: the relay's own cost).
 The emulated sidecar (tests/support/dapr_emulator.py) runs in a process of its own
 (bench/_sidecar.py), so its CPU is not counted against the relay. The relay is the app's:
 `src.events.relay_service` (OutboxRelay + DaprTransport + the commit wake-up). Results are in
@@ -153,15 +154,31 @@ def percentiles(values: list[float]) -> dict[str, float]:
 # --- drain rate ------------------------------------------------------------------------------
 
 
+class NullTransport:
+    """Accepts everything at once: the relay's own cost (database, loop), no HTTP."""
+
+    async def send(self, messages: Any, /) -> list[Any]:
+        from hooks import Outcome, SendResult
+
+        return [SendResult(Outcome.OK)] * len(messages)
+
+    async def aclose(self) -> None:
+        return None
+
+
 def drain(db: str, events: int, mode: str) -> dict[str, Any]:
     from src.db import get_engine
     from src.events.relay_service import build_relay
 
     with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
-        settings = use_app(app_env(url, car.port, DAPR_BULK_PUBLISH=mode))
+        bulk = "auto" if mode == "null" else mode
+        settings = use_app(app_env(url, car.port, DAPR_BULK_PUBLISH=bulk))
         engine = get_engine()
         fill_outbox(engine, events, settings)
         relay, transport = build_relay(settings, engine=engine)
+        if mode == "null":
+            transport = NullTransport()
+            relay._transport = transport
 
         async def run() -> tuple[float, float]:
             wall, cpu = time.perf_counter(), time.process_time()
@@ -184,7 +201,7 @@ def drain(db: str, events: int, mode: str) -> dict[str, Any]:
         "events_per_s": round(events / wall),
         "relay_cpu_us_per_event": round(cpu / events * 1e6, 1),
         "left_in_outbox": left,
-        "received": len(received),
+        "received": len(received) if mode != "null" else None,
     }
 
 
@@ -459,7 +476,8 @@ def main() -> int:
     d = sub.add_parser("drain")
     d.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
     d.add_argument("--events", type=int, default=50_000)
-    d.add_argument("--mode", choices=["auto", "always", "never"], default="auto")
+    # null: no HTTP at all, the relay's own cost
+    d.add_argument("--mode", choices=["auto", "always", "never", "null"], default="auto")
     lat = sub.add_parser("latency")
     lat.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
     lat.add_argument("--rate", type=float, default=200)
