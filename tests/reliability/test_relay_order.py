@@ -1,10 +1,10 @@
 """Per-task order per topic must hold while the sidecar fails calls and bulk entries (issue 7).
 
-Focused reproduction of order violations the full `sidecar+api-kill` run found: with bulk
-publish calls that fail part of their entries, a later event of a task reached the sidecar
-before an earlier one of the same task and topic (task-events, task-updates and reminders
-seen). It fails as well with DAPR_BULK_PUBLISH=never (single publishes only), and not with one
-task alone: the relay's choice of rows with several keys and failures, not the bulk API.
+Regression test of an order violation the verifier found (a later event of a task reached the
+sidecar before an earlier one of the same task and topic): the relay's scan cursor could pass a
+row in flight unseen, so when that send failed its key was not blocked and the key's next row
+went first (fixed in hooks/_relay.py, `_before_in_flight`). It failed in every run before the
+fix, with bulk publishing or without.
 """
 
 from __future__ import annotations
