@@ -940,7 +940,12 @@ class OutboxRelay:
         # A kept connection: no checkout (and pre-ping) per round.
         conn = self._conns[write]
         if conn is None or conn.closed or conn.invalidated:
-            conn = self._conns[write] = self._engine.connect()
+            conn = self._engine.connect()
+            if not write:
+                # Reads need no transaction: on SQLite this keeps them from taking the write
+                # lock (every transaction there is BEGIN IMMEDIATE, see hooks/_sqlite.py).
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._conns[write] = conn
         try:
             if write:
                 with conn.begin():
@@ -948,18 +953,21 @@ class OutboxRelay:
             try:
                 return fn(conn)
             finally:
-                conn.rollback()  # a read: nothing to flush, no transaction left open
+                conn.rollback()  # autocommit: only ends SQLAlchemy's logical transaction
         except BaseException:
-            self._conns[write] = None
-            with contextlib.suppress(Exception):
-                conn.close()
+            self._close_connection(write)
             raise
 
     def _close_connection(self, write: bool) -> None:
         conn, self._conns[write] = self._conns[write], None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            if not write and conn.dialect.name == "sqlite":
+                # The driver's reset after AUTOCOMMIT would undo the savepoint fix on this
+                # connection: do not hand it back to the application's pool.
+                conn.invalidate()
+            conn.close()
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential back-off with jitter: in [d/2, d], d = base * 2^(attempt-1)."""
