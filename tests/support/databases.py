@@ -20,9 +20,10 @@ ADMIN_URL = os.environ.get(
 
 
 def postgres_required() -> bool:
-    return os.environ.get("CI", "").lower() == "true" or os.environ.get(
-        "PAKAURA_REQUIRE_POSTGRES"
-    ) == "1"
+    return (
+        os.environ.get("CI", "").lower() == "true"
+        or os.environ.get("PAKAURA_REQUIRE_POSTGRES") == "1"
+    )
 
 
 @contextmanager
