@@ -405,6 +405,7 @@ def memory(db: str, events: int, seconds: float) -> dict[str, Any]:
         asyncio.run(run())
     base = samples[0][1]
     during = samples[1:-1]
+    filled = next((rss for _, rss, count in during if count >= events), during[-1][1])
     return {
         "db": db,
         "events": events,
@@ -413,6 +414,9 @@ def memory(db: str, events: int, seconds: float) -> dict[str, Any]:
         "rss_max_mb": round(max(s[1] for s in during), 1),
         "rss_end_mb": round(during[-1][1], 1),
         "growth_mb": round(max(s[1] for s in during) - base, 1),
+        # once the whole backlog waits: flat from here on means no accumulation
+        "rss_when_filled_mb": round(filled, 1),
+        "growth_after_filled_mb": round(during[-1][1] - filled, 1),
         "backlog_end": during[-1][2],
         "failed_attempts": samples[-1][2],
     }
