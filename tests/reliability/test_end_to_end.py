@@ -35,7 +35,14 @@ def _assert_clean(result: ScenarioResult) -> None:
 
 def test_sidecar_faults_and_api_sigkill_lose_nothing(tmp_path: Path) -> None:
     result = run_scenario(
-        "sidecar+api-kill", tmp_path, duration=9, users=3, seed=11, orm_batches=1, orm_ops=20
+        # 12 s: the five fault kinds take turns about every 2.3 s, so all of them fit.
+        "sidecar+api-kill",
+        tmp_path,
+        duration=12,
+        users=3,
+        seed=11,
+        orm_batches=1,
+        orm_ops=20,
     )
     _assert_clean(result)
     assert result.extra["sigkills"] >= 1  # the full run: `run api-kill`, 3 kills
