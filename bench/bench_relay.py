@@ -484,7 +484,7 @@ async def _load(base: str, token: str, rate: float, seconds: float) -> list[floa
     return lags
 
 
-def api(db: str, rate: float, seconds: float) -> list[dict[str, Any]]:
+def api(db: str, rate: float, seconds: float, only: str | None = None) -> list[dict[str, Any]]:
     import signal
 
     from src.auth import issue_token
@@ -493,6 +493,8 @@ def api(db: str, rate: float, seconds: float) -> list[dict[str, Any]]:
     token = issue_token("alice", secret)
     results = []
     for mode, state in API_SCENARIOS:
+        if only and f"{mode}:{state}" not in only.split(","):
+            continue
         with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
             port = _free_port()
             env = {
@@ -571,6 +573,7 @@ def main() -> int:
     a.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
     a.add_argument("--rate", type=float, default=50)
     a.add_argument("--seconds", type=float, default=10)
+    a.add_argument("--only", help="comma-separated design:sidecar, e.g. seed:hung")
     w = sub.add_parser("_writer")
     w.add_argument("--rate", type=float, required=True)
     w.add_argument("--seconds", type=float, required=True)
@@ -590,7 +593,7 @@ def main() -> int:
     elif args.command == "latency":
         result = latency(args.db, args.rate, args.seconds, args.writer, args.transport)
     elif args.command == "api":
-        api(args.db, args.rate, args.seconds)
+        api(args.db, args.rate, args.seconds, args.only)
         return 0
     else:
         result = memory(args.db, args.events, args.seconds)
