@@ -553,6 +553,10 @@ class OutboxRelay:
                 self._set_state(RelayState.LEADER)
                 try:
                     await self._lead()
+                except Exception as exc:  # a bug must not end delivery: log, pause, go on
+                    self._note_error(f"{type(exc).__name__}: {exc}")
+                    logger.opt(exception=exc).error("outbox relay loop failed; restarting it")
+                    await self._sleep(self._poll_interval)
                 finally:
                     self.metrics.leader.set(0)
                     await self._leadership.release()

@@ -289,3 +289,31 @@ def test_database_errors_are_logged_and_the_relay_carries_on(
 
     asyncio.run(scenario())
     assert any(r["message"] == "outbox relay database error" for r in warnings_logged)
+
+
+def test_an_unexpected_error_in_the_loop_is_logged_and_delivery_goes_on(
+    outbox: Outbox, warnings_logged: list[Any]
+) -> None:
+    fake = FakeTransport()
+    ids = write_events(*outbox, [("task-events", "1"), ("task-events", "2")])
+
+    async def scenario() -> None:
+        relay = quick_relay(outbox, fake)
+        labels = relay.metrics.published.labels
+        broken = [True]
+
+        def flaky_labels(*args: Any) -> Any:
+            if broken[0]:
+                broken[0] = False
+                raise RuntimeError("bug in the metrics")
+            return labels(*args)
+
+        relay.metrics.published.labels = flaky_labels  # type: ignore[method-assign]
+        await relay.start()
+        await eventually(lambda: count_rows(*outbox) == 0)
+        assert relay.state is RelayState.LEADER
+        await relay.stop()
+
+    asyncio.run(scenario())
+    assert set(ids) <= {m.id for m in fake.delivered}  # at least once (re-sent after the bug)
+    assert any("loop failed" in r["message"] for r in warnings_logged)
