@@ -13,6 +13,7 @@ import argparse
 import json
 import signal
 import threading
+from typing import Any
 
 from tests.support.dapr_emulator import DaprEmulator
 
@@ -38,8 +39,8 @@ def main() -> int:
         received = emulator.received
     with open(args.dump, "w", encoding="utf-8") as out:
         for d in received:
-            event = d.event if isinstance(d.event, dict) else {}
-            data = event.get("data") if isinstance(event.get("data"), dict) else {}
+            event: dict[str, Any] = d.event if isinstance(d.event, dict) else {}
+            data: dict[str, Any] = event["data"] if isinstance(event.get("data"), dict) else {}
             line = [d.topic, event.get("type"), event.get("id"), data.get("task_id"), d.received_at]
             out.write(json.dumps(line) + "\n")
     return 0

@@ -336,7 +336,7 @@ def latency(
                     env={**os.environ, **env},
                 )
                 await proc.wait()
-                commits = [tuple(c) for c in json.loads(out.read_text())]  # type: ignore[misc]
+                commits = [(int(i), float(t)) for i, t in json.loads(out.read_text())]
             deadline = time.monotonic() + 30
             while await asyncio.to_thread(backlog, engine) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

@@ -126,6 +126,7 @@ def test_two_relay_processes_one_active_and_fail_over_after_kill_9(
     except AssertionError:
         pytest.fail(f"no relay became leader:\n{relays.output()}")
     first = leader_pid(engine)
+    assert first is not None
     standby = next(p for p in procs if p.pid != first)
 
     before = write_tasks(engine, 10, "before")

@@ -51,9 +51,9 @@ def backlog(engine: sa.Engine) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(outbox_table)).scalar_one())
 
 
-def add_task(engine: sa.Engine, title: str, **fields: object) -> int:
+def add_task(engine: sa.Engine, title: str, due_date: datetime | None = None) -> int:
     with Session(engine) as session:
-        task = Task(user_id="alice", title=title, **fields)
+        task = Task(user_id="alice", title=title, due_date=due_date)
         session.add(task)
         session.commit()
         assert task.id is not None

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from loguru import logger
 
 from hooks._relay import RelayState
 from hooks._signal import WakeSignal
@@ -33,19 +32,14 @@ def outbox(db_url: str) -> Iterator[tuple[sa.Engine, sa.Table]]:
     engine.dispose()
 
 
-@pytest.fixture
-def error_logs() -> Iterator[list[dict[str, Any]]]:
-    records: list[dict[str, Any]] = []
-    sink = logger.add(lambda m: records.append(m.record), level="WARNING")
-    yield records
-    logger.remove(sink)
+Outbox = tuple[sa.Engine, sa.Table]
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(test())
 
 
-def test_delivers_every_committed_row_once_in_per_key_order(outbox: Any) -> None:
+def test_delivers_every_committed_row_once_in_per_key_order(outbox: Outbox) -> None:
     fake = FakeTransport()
     events = interleaved(keys=15, per_key=6)
     ids = write_events(*outbox, events)
@@ -65,7 +59,7 @@ def test_delivers_every_committed_row_once_in_per_key_order(outbox: Any) -> None
     assert count_rows(*outbox) == 0
 
 
-def test_local_wake_signal_starts_delivery_without_waiting_for_the_poll(outbox: Any) -> None:
+def test_local_wake_signal_starts_delivery_without_waiting_for_the_poll(outbox: Outbox) -> None:
     fake = FakeTransport()
     wake = WakeSignal()
 
@@ -86,7 +80,7 @@ def test_local_wake_signal_starts_delivery_without_waiting_for_the_poll(outbox: 
     run(scenario)
 
 
-def test_rolled_back_writes_are_never_sent(outbox: Any) -> None:
+def test_rolled_back_writes_are_never_sent(outbox: Outbox) -> None:
     fake = FakeTransport()
     wake = WakeSignal()
     engine, table = outbox
@@ -108,7 +102,7 @@ def test_rolled_back_writes_are_never_sent(outbox: Any) -> None:
     assert count_rows(engine, table) == 0
 
 
-def test_a_failing_key_holds_back_only_its_own_later_events(outbox: Any) -> None:
+def test_a_failing_key_holds_back_only_its_own_later_events(outbox: Outbox) -> None:
     fake = FakeTransport()
     engine, table = outbox
     events = [("task-events", "slow"), ("task-events", "slow"), ("task-events", "fast")] * 3
@@ -136,7 +130,7 @@ def test_a_failing_key_holds_back_only_its_own_later_events(outbox: Any) -> None
 
 
 def test_a_keys_next_event_follows_as_soon_as_the_previous_one_is_recorded(
-    outbox: Any,
+    outbox: Outbox,
 ) -> None:
     fake = FakeTransport()
     wake = WakeSignal()

@@ -152,7 +152,8 @@ def test_metrics_count_published_and_failed_events_per_topic(outbox: Outbox) -> 
         )
         assert registry.get_sample_value("outbox_relay_leader") == 1
         await eventually(lambda: registry.get_sample_value("outbox_backlog_events") == 1)
-        assert registry.get_sample_value("outbox_oldest_pending_age_seconds") >= 0
+        age = registry.get_sample_value("outbox_oldest_pending_age_seconds")
+        assert age is not None and age >= 0
         fake.fail_ids.clear()
         await eventually(lambda: len(fake.delivered) == 3)
         await relay.stop()
@@ -163,6 +164,6 @@ def test_metrics_count_published_and_failed_events_per_topic(outbox: Outbox) -> 
     assert sample("outbox_events_published_total", {"topic": "task-events"}) == 2
     assert sample("outbox_events_published_total", {"topic": "task-updates"}) == 1
     assert sample("outbox_publish_latency_seconds_count") == 3
-    assert sample("outbox_send_duration_seconds_count") >= 3
+    assert (sample("outbox_send_duration_seconds_count") or 0) >= 3
     text = generate_latest(registry).decode()
     assert "outbox_publish_latency_seconds_bucket" in text

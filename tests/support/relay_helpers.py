@@ -77,7 +77,7 @@ def write_events(
     rows due only that much later.
     """
     now = utc_now()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for index, (topic, key) in enumerate(events):
         event_id = str(uuid.uuid4())
         rows.append(
