@@ -131,21 +131,17 @@ class _Picked:
 
 @dataclass(slots=True)
 class _Skip:
-    """What the relay knows about the rows at the outbox head it cannot send yet.
+    """Scan state kept between rounds: when the earliest waiting row falls due (wake up
+    then), and the topics paused for this scan.
 
-    Every row up to `cursor` is unsendable: its key's first row is not due (the key is in
-    `blocked`) or its topic is paused. Scans start after `cursor`, so a long blocked head (a
-    refused topic, a backlog of keys backing off) is not read again on every commit. It is
-    forgotten whenever something could unblock it: a blocked row falls due (`until`), a topic
-    pause ends, a retry is asked for, and at least every poll interval, which also picks up
-    rows that committed late with a lower sequence number.
+    Every scan starts from the outbox head. A scan that resumed further down would miss a
+    row committed late with a lower sequence number (PostgreSQL hands out sequence numbers at
+    INSERT, rows become visible at COMMIT), and the same key's next row, committed after it,
+    would be sent first.
     """
 
-    cursor: int | None = None
-    blocked: set[tuple[str, str]] = field(default_factory=set)
     until: datetime | None = None
     paused: frozenset[str] = frozenset()
-    full_scan_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -290,10 +286,10 @@ class _Store:
     ) -> _Picked:
         """The batch: per (topic, key) the first row in sequence order, if due.
 
-        Pages through the outbox from `skip.cursor` (the head when None) until the batch is
-        full, the table ends or `scan_limit` rows were read: bounded time and memory with any
-        backlog. Keys `in_flight` (being sent, or sent and not recorded yet) are left alone.
-        Updates `skip` with the keys found blocked and the new cursor.
+        Pages through the outbox from its head until the batch is full, the table ends or
+        `scan_limit` rows were read: bounded time and memory with any backlog. Keys
+        `in_flight` (being sent, or sent and not recorded yet) are left alone. Lowers
+        `skip.until` to the earliest retry time of the waiting rows it passed.
         """
         t = self.table
         base = sa.select(*self._columns).order_by(t.c.seq)
@@ -305,29 +301,20 @@ class _Store:
             base = base.where(flying.not_member)
             params.update(flying.params(in_flight_seqs))
         page = max(batch_size, 200)
-        blocked = skip.blocked
+        blocked: set[tuple[str, str]] = set()
         seen: set[tuple[str, str]] = set()
+        held_back: set[tuple[str, str]] = set()
         rows: list[_Row] = []
         scanned = 0
-        after = cursor = skip.cursor
-        # The cursor only passes rows that stay unsendable: it stops at the first row picked
-        # or in flight (deleting those makes the key's next rows sendable).
-        movable = True
-        held_back: set[tuple[str, str]] = set()
+        after: int | None = None
         while True:
             stmt = base if after is None else base.where(t.c.seq > after)
             chunk = conn.execute(stmt.limit(page), params).all()
             for seq, event_id, topic, key, payload, attempts, waiting_until, created in chunk:
                 ident = (topic, key)
-                if ident in in_flight:
-                    movable = False
-                    held_back.add(ident)
-                    continue
                 if ident in blocked:
-                    if movable:
-                        cursor = seq
                     continue
-                if ident in seen:  # a later row of a key picked above
+                if ident in in_flight or ident in seen:  # an earlier row is being sent
                     held_back.add(ident)
                     continue
                 seen.add(ident)
@@ -335,36 +322,16 @@ class _Store:
                     rows.append(
                         _Row(seq, Message(event_id, topic, key, payload), attempts, created)
                     )
-                    movable = False
                     if len(rows) >= batch_size:
-                        skip.cursor = _before_in_flight(cursor, in_flight_seqs)
                         return _Picked(rows, True, held_back)
                 else:
                     blocked.add(ident)
                     if skip.until is None or waiting_until < skip.until:
                         skip.until = waiting_until
-                    if movable:
-                        cursor = seq
             scanned += len(chunk)
             if len(chunk) < page or scanned >= scan_limit:
-                skip.cursor = _before_in_flight(cursor, in_flight_seqs)
                 return _Picked(rows, len(chunk) == page, held_back)
             after = chunk[-1][0]
-
-
-def _before_in_flight(cursor: int | None, in_flight_seqs: Sequence[int]) -> int | None:
-    """Keeps the cursor below every row in flight (issue 7).
-
-    Reads leave rows in flight out, so the cursor could pass one unseen; if its send then
-    failed, scans starting after the cursor never saw it again, its key was not blocked, and
-    the key's next row was sent first: per-key order broken.
-    """
-    if cursor is None or not in_flight_seqs:
-        return cursor
-    lowest = min(in_flight_seqs)
-    if cursor < lowest:
-        return cursor
-    return lowest - 1 if lowest > 1 else None
 
 
 class _Settling:
@@ -1001,18 +968,11 @@ class OutboxRelay:
         return frozenset(t for t, (until, _) in self._topic_pause.items() if until > now)
 
     def _current_skip(self) -> _Skip:
-        """The skip state for the next scan; starts from the head when it may be stale."""
+        """The scan state for the next read: a retry time that has passed is found anew."""
         skip = self._skip
-        mono = time.monotonic()
-        paused = self._paused_topics()
-        if (skip.cursor is not None or skip.blocked) and (
-            mono >= skip.full_scan_at
-            or (skip.until is not None and self._clock() >= skip.until)
-            or not skip.paused <= paused
-            or len(skip.blocked) > self._scan_limit
-        ):
-            skip = self._skip = _Skip(full_scan_at=mono + self._poll_interval)
-        skip.paused = paused
+        if skip.until is not None and self._clock() >= skip.until:
+            skip.until = None
+        skip.paused = self._paused_topics()
         return skip
 
     def _stats_due(self) -> bool:

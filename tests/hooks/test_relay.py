@@ -150,3 +150,51 @@ def test_a_keys_next_event_follows_as_soon_as_the_previous_one_is_recorded(
     ids = asyncio.run(scenario())
     assert [m.id for m in fake.delivered] == ids
     assert [c.size for c in fake.calls] == [1, 1, 1, 1]  # one at a time, in order
+
+
+@pytest.mark.postgres
+def test_a_row_committed_late_with_a_lower_sequence_still_goes_first(
+    pg_database_url: str,
+) -> None:
+    """PostgreSQL numbers rows at INSERT and shows them at COMMIT: a scan may pass a lower
+    sequence number that is still invisible. The key's next row must not overtake it."""
+    admin = sa.create_engine(pg_database_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    admin.dispose()
+    engine, table = make_outbox(pg_database_url)
+    fake = FakeTransport()
+    wake = WakeSignal()
+
+    async def scenario() -> tuple[str, str]:
+        # Key B's first row fails and waits (30 s back-off): B's rows are a blocked stretch.
+        relay = quick_relay(
+            (engine, table), fake, wake=wake, poll_interval=30.0, base_backoff=30, max_backoff=30
+        )
+        b1, _x = write_events(engine, table, [("task-events", "B"), ("task-events", "X")])
+        fake.fail_ids.add(b1)
+        await relay.start()
+        await eventually(lambda: [m.key for m in fake.delivered] == ["X"])
+        for _ in range(3):  # B1's failure is recorded; a few idle rounds read past it
+            await asyncio.sleep(0.1)
+            wake.notify()
+        await asyncio.sleep(0.1)
+        with engine.connect() as slow:  # a writer whose transaction stays open…
+            slow_txn = slow.begin()
+            (first,) = write_events(slow, table, [("task-events", "K")], commit=False)
+            write_events(engine, table, [("task-events", "B"), ("task-events", "J")])
+            wake.notify()  # …while the relay reads past its row (B2 and J are after it)
+            await eventually(lambda: [m.key for m in fake.delivered] == ["X", "J"])
+            slow_txn.commit()
+        (second,) = write_events(engine, table, [("task-events", "K")])
+        wake.notify()
+        await eventually(lambda: len(fake.delivered) == 4)
+        await relay.stop()
+        return first, second
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    assert [m.id for m in fake.delivered if m.key == "K"] == [first, second]

@@ -62,19 +62,21 @@ def event_body(event_id: str, topic: str, key: str, index: int) -> str:
 
 
 def write_events(
-    engine: sa.Engine,
+    engine: sa.Engine | sa.Connection,
     table: sa.Table,
     events: Iterable[tuple[str, str]],
     *,
     notify: str | None = None,
     rollback: bool = False,
     delay_seconds: float = 0.0,
+    commit: bool = True,
 ) -> list[str]:
     """Inserts one row per (topic, key) in one transaction; returns the event ids in order.
 
     `notify` sends `pg_notify(notify, '')` inside the transaction, as the outbox writer does.
     `rollback` rolls the transaction back instead of committing. `delay_seconds` makes the
-    rows due only that much later.
+    rows due only that much later. Given a connection with `commit=False`, the rows are
+    inserted in its open transaction and left uncommitted.
     """
     now = utc_now()
     rows: list[dict[str, Any]] = []
@@ -90,6 +92,11 @@ def write_events(
                 "next_attempt_at": now + timedelta(seconds=delay_seconds),
             }
         )
+    if isinstance(engine, sa.Connection):
+        engine.execute(sa.insert(table), rows)
+        if commit:
+            engine.commit()
+        return [r["event_id"] for r in rows]
     with engine.connect() as conn:
         trans = conn.begin()
         if rows:
