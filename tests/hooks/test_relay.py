@@ -8,17 +8,18 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from hooks._relay import RelayState
 from hooks._signal import WakeSignal
 from tests.support.fake_transport import FakeTransport
 from tests.support.relay_helpers import (
+    Outbox,
     count_rows,
     eventually,
     expected_order,
     interleaved,
     make_outbox,
+    outbox_on,
     outbox_rows,
     quick_relay,
     write_events,
@@ -26,13 +27,9 @@ from tests.support.relay_helpers import (
 
 
 @pytest.fixture
-def outbox(db_url: str) -> Iterator[tuple[sa.Engine, sa.Table]]:
-    engine, table = make_outbox(db_url)
-    yield engine, table
-    engine.dispose()
-
-
-Outbox = tuple[sa.Engine, sa.Table]
+def outbox(db_url: str) -> Iterator[Outbox]:
+    with outbox_on(db_url) as made:
+        yield made
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -158,12 +155,7 @@ def test_a_row_committed_late_with_a_lower_sequence_still_goes_first(
 ) -> None:
     """PostgreSQL numbers rows at INSERT and shows them at COMMIT: a scan may pass a lower
     sequence number that is still invisible. The key's next row must not overtake it."""
-    admin = sa.create_engine(pg_database_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
-    admin.dispose()
-    engine, table = make_outbox(pg_database_url)
+    engine, table = make_outbox(pg_database_url, wipe=True)
     fake = FakeTransport()
     wake = WakeSignal()
 

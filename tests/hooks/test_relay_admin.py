@@ -16,21 +16,20 @@ from hooks._outbox_admin import outbox_retry, outbox_status
 from hooks._relay import RelayState
 from tests.support.fake_transport import FakeTransport
 from tests.support.relay_helpers import (
+    Outbox,
     eventually,
     make_outbox,
+    outbox_on,
     outbox_rows,
     quick_relay,
     write_events,
 )
 
-Outbox = tuple[sa.Engine, sa.Table]
-
 
 @pytest.fixture
 def outbox(db_url: str) -> Iterator[Outbox]:
-    engine, table = make_outbox(db_url)
-    yield engine, table
-    engine.dispose()
+    with outbox_on(db_url) as made:
+        yield made
 
 
 def test_status_of_an_empty_outbox_without_relay(outbox: Outbox) -> None:
@@ -106,12 +105,7 @@ def test_retry_makes_every_failed_event_due_now(outbox: Outbox) -> None:
 def test_retry_ends_the_running_relays_back_off_at_once_on_postgresql(
     pg_database_url: str,
 ) -> None:
-    engine = sa.create_engine(pg_database_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
-    engine, table = make_outbox(pg_database_url)
+    engine, table = make_outbox(pg_database_url, wipe=True)
     fake = FakeTransport()
     fake.refuse_topics["reminders"] = 404
 

@@ -18,24 +18,22 @@ from hooks._relay import RelayState
 from hooks._signal import WakeSignal
 from tests.support.fake_transport import FakeTransport
 from tests.support.relay_helpers import (
+    Outbox,
     count_rows,
     eventually,
     expected_order,
     interleaved,
-    make_outbox,
+    outbox_on,
     outbox_rows,
     quick_relay,
     write_events,
 )
 
-Outbox = tuple[sa.Engine, sa.Table]
-
 
 @pytest.fixture
 def outbox(db_url: str) -> Iterator[Outbox]:
-    engine, table = make_outbox(db_url)
-    yield engine, table
-    engine.dispose()
+    with outbox_on(db_url) as made:
+        yield made
 
 
 @pytest.fixture

@@ -21,34 +21,26 @@ from hooks._relay import RelayState
 from hooks._signal import WakeSignal
 from tests.support.fake_transport import FakeTransport
 from tests.support.relay_helpers import (
+    Outbox,
     eventually,
     expected_order,
     interleaved,
-    make_outbox,
+    outbox_on,
     quick_relay,
     write_events,
 )
 
-Outbox = tuple[sa.Engine, sa.Table]
-
 
 @pytest.fixture
 def outbox(db_url: str) -> Iterator[Outbox]:
-    engine, table = make_outbox(db_url)
-    yield engine, table
-    engine.dispose()
+    with outbox_on(db_url) as made:
+        yield made
 
 
 @pytest.fixture
 def pg_outbox(pg_database_url: str) -> Iterator[Outbox]:
-    engine = sa.create_engine(pg_database_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
-    engine, table = make_outbox(pg_database_url)
-    yield engine, table
-    engine.dispose()
+    with outbox_on(pg_database_url, wipe=True) as made:
+        yield made
 
 
 def test_one_relay_leads_the_other_stands_by_and_takes_over_when_it_stops(outbox: Outbox) -> None:

@@ -7,7 +7,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -19,11 +20,13 @@ from hooks._signal import WakeSignal
 
 __all__ = [
     "TOPICS",
+    "Outbox",
     "count_rows",
     "eventually",
     "expected_order",
     "interleaved",
     "make_outbox",
+    "outbox_on",
     "outbox_rows",
     "quick_relay",
     "wait_until",
@@ -33,9 +36,24 @@ __all__ = [
 TOPICS = ("task-events", "task-updates", "reminders")
 
 
-def make_outbox(url: str, *, name: str = "event_outbox") -> tuple[sa.Engine, sa.Table]:
-    """An engine on `url` and a freshly created outbox table on it."""
+Outbox = tuple[sa.Engine, sa.Table]
+
+
+def make_outbox(url: str, *, name: str = "event_outbox", wipe: bool = False) -> Outbox:
+    """An engine on `url` and a freshly created outbox table on it.
+
+    `wipe` empties a PostgreSQL database first (the session's scratch database, for tests
+    that take `pg_database_url` instead of the `db_url` fixture, which wipes it itself).
+    """
     sa_url = sa.make_url(url)
+    if wipe and sa_url.get_backend_name() == "postgresql":
+        admin = sa.create_engine(sa_url)
+        try:
+            with admin.begin() as conn:
+                conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+                conn.execute(sa.text("CREATE SCHEMA public"))
+        finally:
+            admin.dispose()
     if sa_url.get_backend_name() == "sqlite":
         engine = sa.create_engine(sa_url, connect_args={"check_same_thread": False, "timeout": 30})
     else:
@@ -110,6 +128,16 @@ def write_events(
     return [r["event_id"] for r in rows]
 
 
+@contextmanager
+def outbox_on(url: str, *, wipe: bool = False) -> Iterator[Outbox]:
+    """`make_outbox` whose engine is disposed afterwards."""
+    engine, table = make_outbox(url, wipe=wipe)
+    try:
+        yield engine, table
+    finally:
+        engine.dispose()
+
+
 def count_rows(engine: sa.Engine, table: sa.Table) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
@@ -157,9 +185,7 @@ def expected_order(
     return out
 
 
-def quick_relay(
-    outbox: tuple[sa.Engine, sa.Table], transport: Transport, **options: Any
-) -> OutboxRelay:
+def quick_relay(outbox: Outbox, transport: Transport, **options: Any) -> OutboxRelay:
     """A relay with test-sized intervals (tens of milliseconds); `options` override them."""
     engine, table = outbox
     settings: dict[str, Any] = {
