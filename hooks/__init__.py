@@ -4,13 +4,17 @@ Generic: it knows nothing of tasks, FastAPI or Dapr. The application gives it a 
 (`RowChange` -> `Message`s) and a `Transport`:
 
     hooks.track(Model, rule, sink_factory=lambda session: hooks.OutboxSink(outbox_table))
+    relay = hooks.OutboxRelay(engine, outbox_table, transport, wake=hooks.WakeSignal())
 
 See docs/hooks.md for the write paths covered and the transaction semantics.
 """
 
 from hooks._capture import Tracker
+from hooks._metrics import RelayMetrics
 from hooks._outbox import DEFAULT_NOTIFY_CHANNEL, OutboxSink
+from hooks._outbox_admin import outbox_retry, outbox_status
 from hooks._outbox_table import DEFAULT_OUTBOX_TABLE, build_outbox_table
+from hooks._relay import OutboxRelay
 from hooks._signal import WakeSignal
 from hooks._sink import Sink, SinkFactory
 from hooks._sqlite import install_sqlite_transaction_fix
@@ -39,8 +43,10 @@ __all__ = [
     "HooksError",
     "MemorySink",
     "Message",
+    "OutboxRelay",
     "OutboxSink",
     "Outcome",
+    "RelayMetrics",
     "RowChange",
     "SendResult",
     "Sink",
@@ -54,6 +60,8 @@ __all__ = [
     "defer_until_commit",
     "install_sqlite_transaction_fix",
     "is_tracked",
+    "outbox_retry",
+    "outbox_status",
     "track",
     "untrack",
     "utc_now",

@@ -29,10 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from hooks import DEFAULT_NOTIFY_CHANNEL
-from hooks._metrics import RelayMetrics
-from hooks._outbox_admin import outbox_retry, outbox_status
-from hooks._relay import OutboxRelay
+from hooks import DEFAULT_NOTIFY_CHANNEL, OutboxRelay, RelayMetrics, outbox_retry, outbox_status
 from src.config import Settings, SettingsError
 
 __all__ = [
