@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import importlib.util
 import json
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote
 
-import httpx
 from loguru import logger
 
 from src.config import Settings, get_settings
+from src.events._sidecar_http import (
+    HttpxSidecarClient,
+    SidecarClient,
+    SidecarResponse,
+    SidecarTransport,
+    SidecarTransportError,
+)
 from src.events.schemas import (
     CloudEvent,
     EventSchemaError,
@@ -44,11 +48,8 @@ from src.events.schemas import (
 )
 from src.request_context import correlation_id as current_correlation_id
 
-# httpcore tries `import sniffio` on every lock set-up (several per request). Without sniffio
-# installed, each failed import searches sys.path again: ~1 ms of CPU per request measured
-# here. Recording the absence once makes that import fail fast; behaviour is unchanged.
-if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
@@ -183,7 +184,7 @@ def classify_status(status: int) -> PublishOutcome:
     return PublishOutcome.CONFIG_ERROR
 
 
-def _describe_answer(response: httpx.Response) -> str:
+def _describe_answer(response: SidecarResponse) -> str:
     text = response.text.strip()
     try:
         payload = response.json()
@@ -220,22 +221,24 @@ def _change_pairs(changes: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any
 class EventPublisher:
     """Sends CloudEvents to the Dapr sidecar configured in `Settings`.
 
-    One pooled `httpx.AsyncClient` (HTTP/1.1 keep-alive) per event loop, created on first use,
-    or the `client` given (then the caller owns and closes it). `aclose()` closes the current
-    loop's client.
+    One `SidecarClient` (a minimal HTTP/1.1 keep-alive pool, `_sidecar_http`) per event loop,
+    created on first use, or the httpx `client` given (then the caller owns and closes it).
+    `aclose()` closes the current loop's client.
     """
 
     def __init__(
         self, settings: Settings | None = None, *, client: httpx.AsyncClient | None = None
     ) -> None:
         self._settings = settings if settings is not None else get_settings()
-        self._injected = client
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
-        self._lock = threading.Lock()
         s = self._settings
         self._base = s.dapr_base_url
         self._pubsub = quote(s.dapr_pubsub_name, safe="")
         self._timeout = s.dapr_publish_timeout
+        self._injected: SidecarTransport | None = (
+            None if client is None else HttpxSidecarClient(client, self._base, self._timeout)
+        )
+        self._clients: dict[asyncio.AbstractEventLoop, SidecarClient] = {}
+        self._lock = threading.Lock()
         self._headers = {"Content-Type": CLOUDEVENTS_CONTENT_TYPE}
         if s.dapr_api_token is not None:
             self._headers["dapr-api-token"] = s.dapr_api_token.get_secret_value()
@@ -606,63 +609,59 @@ class EventPublisher:
 
     # --- HTTP ----------------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> SidecarTransport:
         if self._injected is not None:
             return self._injected
         loop = asyncio.get_running_loop()
         with self._lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                # A client's pooled connections belong to the loop that opened them.
+                # A client's pooled connections belong to the loop that opened them; those of
+                # loops that have ended can only be let go.
                 for old in [lp for lp in self._clients if lp.is_closed()]:
-                    del self._clients[old]
-                client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(self._timeout),
-                    limits=httpx.Limits(
-                        max_connections=16, max_keepalive_connections=8, keepalive_expiry=30
-                    ),
-                    # The sidecar is local plain HTTP: never route it through an HTTP(S)_PROXY,
-                    # and skip loading a CA bundle (tens of ms per client).
-                    trust_env=False,
-                    verify=False,
+                    self._clients.pop(old).abandon()
+                # The sidecar is local plain HTTP: no proxy, no TLS, one origin.
+                client = SidecarClient(
+                    self._base,
+                    timeout=self._timeout,
+                    max_connections=16,
+                    max_idle=8,
+                    keepalive_expiry=30.0,
                 )
                 self._clients[loop] = client
             return client
 
-    def _single_url(self, topic: str, key: str | None) -> str:
-        url = f"{self._base}{_SINGLE_PATH}/{self._pubsub}/{quote(topic, safe='')}"
+    def _single_path(self, topic: str, key: str | None) -> str:
+        path = f"{_SINGLE_PATH}/{self._pubsub}/{quote(topic, safe='')}"
         if key:
             # The Kafka component partitions by this metadata, not by the CE partitionkey.
-            url += f"?metadata.partitionKey={quote(key, safe='')}"
-        return url
+            path += f"?metadata.partitionKey={quote(key, safe='')}"
+        return path
 
     async def _request(
         self,
         method: str,
-        url: str,
+        path: str,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        # httpx time-outs are per phase; the outer one bounds the whole call (T-016).
-        async with asyncio.timeout(self._timeout):
-            return await self._client().request(
-                method, url, content=content, headers=headers, timeout=self._timeout
-            )
+    ) -> SidecarResponse:
+        # The client bounds the whole call by the publish time-out (SidecarTimeout, T-016).
+        return await self._client().request(method, path, content, headers)
 
     async def _post_single(
         self, topic: str, key: str | None, body: bytes, event_id: str | None
     ) -> PublishResult:
         try:
             response = await self._request(
-                "POST", self._single_url(topic, key), body, self._headers
+                "POST", self._single_path(topic, key), body, self._headers
             )
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:  # SidecarTimeout included
             return PublishResult(
                 PublishOutcome.TRANSIENT,
                 error=f"Dapr sidecar did not answer within {self._timeout}s",
                 event_id=event_id,
             )
-        except httpx.TransportError as exc:
+        except SidecarTransportError as exc:
             return PublishResult(
                 PublishOutcome.TRANSIENT,
                 error=f"cannot reach the Dapr sidecar at {self._base}: {exc!r}",
@@ -689,14 +688,14 @@ class EventPublisher:
         headers = {**self._headers, "Content-Type": "application/json"}
         answer = _BulkAnswer(None)
         for index in range(self._bulk_path, len(_BULK_PATHS)):
-            url = f"{self._base}{_BULK_PATHS[index]}/{self._pubsub}/{quote(topic, safe='')}"
+            path = f"{_BULK_PATHS[index]}/{self._pubsub}/{quote(topic, safe='')}"
             try:
-                response = await self._request("POST", url, body, headers)
-            except (TimeoutError, httpx.TimeoutException):
+                response = await self._request("POST", path, body, headers)
+            except TimeoutError:  # SidecarTimeout included
                 return _BulkAnswer(
                     None, error=f"Dapr sidecar did not answer within {self._timeout}s"
                 )
-            except httpx.TransportError as exc:
+            except SidecarTransportError as exc:
                 return _BulkAnswer(
                     None, error=f"cannot reach the Dapr sidecar at {self._base}: {exc!r}"
                 )
@@ -710,7 +709,7 @@ class EventPublisher:
             return _BulkAnswer(status, _failed_entries(response), _describe_answer(response))
         return answer
 
-    def _is_pubsub_not_found(self, response: httpx.Response) -> bool:
+    def _is_pubsub_not_found(self, response: SidecarResponse) -> bool:
         """True when a 404 is Dapr's "pubsub not found" for our pubsub (a config error).
 
         A pre-1.17 sidecar answers the stable bulk path with "pubsub bulk not found" (it routes
@@ -732,7 +731,7 @@ class EventPublisher:
         if not self.enabled:
             return False
         try:
-            response = await self._request("GET", f"{self._base}{_READY_PATH}")
+            response = await self._request("GET", _READY_PATH)
         except Exception as exc:
             logger.bind(dapr_status=None).debug("Dapr sidecar not ready: {!r}", exc)
             return False
@@ -747,7 +746,7 @@ class EventPublisher:
                 loop = None
             client = self._clients.pop(loop, None) if loop is not None else None
             for old in [lp for lp in self._clients if lp.is_closed()]:
-                del self._clients[old]
+                self._clients.pop(old).abandon()
         if client is not None:
             await client.aclose()
 
@@ -817,7 +816,7 @@ class EventPublisher:
             log.error("{} of {} events not published: {}", failed, len(chunk), summary.error)
 
 
-def _failed_entries(response: httpx.Response) -> dict[str, str] | None:
+def _failed_entries(response: SidecarResponse) -> dict[str, str] | None:
     """`failedEntries` of a Dapr bulk answer as {entryId: error}; None when absent."""
     try:
         payload = response.json()
