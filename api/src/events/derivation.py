@@ -59,6 +59,8 @@ SNAPSHOT_FIELDS: Final = (
 _DATETIME_FIELDS: Final = frozenset({"due_date", "created_at", "updated_at"})
 # What `CloudEvent.to_json()` does, with the encoder built once.
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_SPEC_VERSION_JSON: Final = _ENCODER.encode(SPEC_VERSION)
+_DATA_CONTENT_TYPE_JSON: Final = _ENCODER.encode(DATA_CONTENT_TYPE)
 
 
 def _uuid() -> str:
@@ -105,43 +107,46 @@ def derive_task_events(
     task = _snapshot(row)
     task_id, user_id = task["id"], task["user_id"]
     key = str(task_id)
+    # The envelope is assembled from JSON fragments encoded once per change: only `data`
+    # differs between the 2-3 events (issue 4: the derivation runs inside every flush).
+    # Key order and bytes are those of `CloudEvent.to_json()` (a test holds them together).
+    encode = _ENCODER.encode
+    key_json = encode(key)
+    head = f'{{"specversion":{_SPEC_VERSION_JSON},"id":'
+    source = f',"source":{encode(settings.events_source)},"type":'
+    middle = (
+        f',"subject":{key_json},"time":"{stamp}",'
+        f'"datacontenttype":{_DATA_CONTENT_TYPE_JSON},"data":'
+    )
+    tail = f',"partitionkey":{key_json}'
+    if correlation_id:
+        tail += f',"correlationid":{encode(correlation_id)}'
+    tail += "}"
+    user_json = encode(user_id)
 
-    def message(event_type: str, topic: str, data: dict[str, Any]) -> Message:
+    def message(event_type: str, topic: str, data_json: str) -> Message:
         event_id = new_id()
-        envelope: dict[str, Any] = {
-            "specversion": SPEC_VERSION,
-            "id": event_id,
-            "source": settings.events_source,
-            "type": event_type,
-            "subject": key,
-            "time": stamp,
-            "datacontenttype": DATA_CONTENT_TYPE,
-            "data": data,
-            "partitionkey": key,
-        }
-        if correlation_id:
-            envelope["correlationid"] = correlation_id
-        body = _ENCODER.encode(envelope)
+        # Our own ids are hex and dashes; one from elsewhere (tests) is encoded.
+        id_json = f'"{event_id}"' if new_id is _uuid else encode(event_id)
+        body = f'{head}{id_json}{source}"{event_type}"{middle}{data_json}{tail}'
         return Message(id=event_id, topic=topic, key=key, body=body)
 
+    lifecycle = encode(
+        {
+            "task_id": task_id,
+            "user_id": user_id,
+            "action": action,
+            "task": task,
+            "changes": changes,
+            "timestamp": stamp,
+        }
+    )
+    sync = (
+        f'{{"task_id":{task_id},"user_id":{user_json},"action":"{action}","timestamp":"{stamp}"}}'
+    )
     out = [
-        message(
-            f"task.{action}",
-            settings.topic_task_events,
-            {
-                "task_id": task_id,
-                "user_id": user_id,
-                "action": action,
-                "task": task,
-                "changes": changes,
-                "timestamp": stamp,
-            },
-        ),
-        message(
-            "task.sync",
-            settings.topic_task_updates,
-            {"task_id": task_id, "user_id": user_id, "action": action, "timestamp": stamp},
-        ),
+        message(f"task.{action}", settings.topic_task_events, lifecycle),
+        message("task.sync", settings.topic_task_updates, sync),
     ]
     reminder = _reminder(change, action, when)
     if reminder is not None:
@@ -150,14 +155,16 @@ def derive_task_events(
             message(
                 f"reminder.{reminder_action}",
                 settings.topic_reminders,
-                {
-                    "task_id": task_id,
-                    "user_id": user_id,
-                    "action": reminder_action,
-                    "due_date": None if due_date is None else _rfc3339(due_date),
-                    "title": task["title"],
-                    "timestamp": stamp,
-                },
+                encode(
+                    {
+                        "task_id": task_id,
+                        "user_id": user_id,
+                        "action": reminder_action,
+                        "due_date": None if due_date is None else _rfc3339(due_date),
+                        "title": task["title"],
+                        "timestamp": stamp,
+                    }
+                ),
             )
         )
     return out
