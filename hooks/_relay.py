@@ -370,6 +370,8 @@ class OutboxRelay:
     another, each with one pooled connection kept between calls.
     `wake` is the signal the commit hooks fire; on PostgreSQL the relay also LISTENs on
     `notify_channel` (None: don't) and polls every `poll_interval` seconds as a fallback.
+    After a wake-up it waits `linger` seconds before reading (0: at once), so the process that
+    committed can finish its request first and commits close together share one round.
     `ready` (e.g. the sidecar's /v1.0/healthz/outbound) is awaited before the first send.
     Only the leader sends (`leadership`, by default chosen from the engine's URL).
     """
@@ -383,6 +385,7 @@ class OutboxRelay:
         wake: WakeSignal | None = None,
         batch_size: int = 500,
         poll_interval: float = 1.0,
+        linger: float = 0.0,
         max_backoff: float = 30.0,
         base_backoff: float = 0.1,
         drain_timeout: float = 5.0,
@@ -400,6 +403,9 @@ class OutboxRelay:
         if batch_size < 1:
             raise RelayConfigError(f"batch_size must be >= 1, got {batch_size!r}")
         self._poll_interval = _positive("poll_interval", poll_interval)
+        if not 0.0 <= linger <= 1.0:
+            raise RelayConfigError(f"linger must be between 0 and 1 second, got {linger!r}")
+        self._linger = linger
         self._max_backoff = _positive("max_backoff", max_backoff)
         self._base_backoff = min(_positive("base_backoff", base_backoff), self._max_backoff)
         self._drain_timeout = _positive("drain_timeout", drain_timeout, zero_ok=True)
@@ -447,6 +453,8 @@ class OutboxRelay:
         self._skip = _Skip()
         # Held-back keys still settling: their recording wakes the loop (see `_watch`).
         self._waiting_on: set[tuple[str, str]] = set()
+        # Set when the relay wakes itself (a held-back key settled): no linger then.
+        self._resume_now = False
         self._next_stats = 0.0
         self._stats: tuple[int, datetime | None, datetime] | None = None
         self._published = 0
@@ -654,6 +662,7 @@ class OutboxRelay:
             if exc is not None:  # the rows stay: sent again later (consumers de-duplicate)
                 self._database_failed(exc)
             elif any((r.message.topic, r.message.key) in self._waiting_on for r in rows):
+                self._resume_now = True
                 self._wake.notify()  # a key's next row waited for this: look again
 
         recording.add_done_callback(done)
@@ -662,6 +671,7 @@ class OutboxRelay:
         """Makes sure held-back rows are looked at again once their keys have settled."""
         self._waiting_on = {key for key in held_back if key in settling.keys}
         if len(self._waiting_on) < len(held_back):  # settled while we were reading
+            self._resume_now = True
             self._wake.notify()
 
     def _database_failed(self, exc: BaseException) -> None:
@@ -798,7 +808,13 @@ class OutboxRelay:
             ends = [end - now for end, _ in self._topic_pause.values() if end > now]
             if ends:
                 timeout = min(timeout, min(ends) + 0.001)
-        await self._wake.wait(timeout)
+        woken = await self._wake.wait(timeout)
+        resume_now, self._resume_now = self._resume_now, False
+        if woken and self._linger and not resume_now:
+            # Woken by a commit, usually in this process: let the request that committed
+            # finish (its response, its thread) before this round takes the CPU, and let
+            # commits that follow within the window share the round (issue 8).
+            await asyncio.sleep(self._linger)
 
     async def _wait_in_pause(self) -> None:
         """Sleeps out the relay-wide pause; ends it early when the sidecar comes back."""

@@ -68,6 +68,8 @@ ENV_VALUES = [
     ("TOPIC_REMINDERS", "rem", "topic_reminders", "rem"),
     ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("LOG_FORMAT", "Console", "log_format", "console"),
+    ("RELAY_LINGER", "0", "relay_linger", 0.0),
+    ("RELAY_LINGER", "0.01", "relay_linger", 0.01),
 ]
 
 
@@ -106,6 +108,8 @@ INVALID = [
     ("DAPR_HTTP_PORT", "70000"),
     ("DAPR_PUBLISH_TIMEOUT", "-1"),
     ("DAPR_PUBLISH_TIMEOUT", "soon"),
+    ("RELAY_LINGER", "-0.001"),
+    ("RELAY_LINGER", "2"),
     ("DAPR_ENABLED", "maybe"),
     ("DAPR_PUBSUB_NAME", ""),
     ("EVENTS_SOURCE", ""),

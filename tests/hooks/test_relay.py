@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hooks._relay import RelayState
+from hooks._relay import RelayConfigError, RelayState
 from hooks._signal import WakeSignal
 from tests.support.fake_transport import FakeTransport
 from tests.support.relay_helpers import (
@@ -147,6 +147,62 @@ def test_a_keys_next_event_follows_as_soon_as_the_previous_one_is_recorded(
     ids = asyncio.run(scenario())
     assert [m.id for m in fake.delivered] == ids
     assert [c.size for c in fake.calls] == [1, 1, 1, 1]  # one at a time, in order
+
+
+def test_commits_within_the_linger_share_one_round(outbox: Outbox) -> None:
+    fake = FakeTransport()
+    wake = WakeSignal()
+
+    async def scenario() -> list[str]:
+        relay = quick_relay(outbox, fake, wake=wake, poll_interval=30.0, linger=0.4)
+        await relay.start()
+        await eventually(lambda: relay.state is RelayState.LEADER)
+        await asyncio.sleep(0.1)  # the first (empty) round is done; now it waits for a wake
+        ids = write_events(*outbox, [("task-events", "1")])
+        wake.notify()
+        await asyncio.sleep(0.05)
+        ids += write_events(*outbox, [("task-events", "2")])
+        wake.notify()
+        await asyncio.sleep(0.1)
+        assert fake.delivered == []  # still lingering: the round has not started
+        await eventually(lambda: len(fake.delivered) == 2, timeout=3.0)
+        await relay.stop()
+        return ids
+
+    ids = asyncio.run(scenario())
+    assert [m.id for m in fake.delivered] == ids
+    assert [c.size for c in fake.calls] == [2]  # two commits, one round
+
+
+def test_a_keys_next_event_does_not_linger_behind_the_previous_one(outbox: Outbox) -> None:
+    # The linger is for commits; the relay's own "a held-back key has settled" wake-up
+    # resumes at once, or a task's fourth event would wait four lingers.
+    fake = FakeTransport()
+    wake = WakeSignal()
+    events = [("task-events", "same-task")] * 4
+
+    async def scenario() -> float:
+        relay = quick_relay(outbox, fake, wake=wake, poll_interval=30.0, linger=1.0)
+        await relay.start()
+        await eventually(lambda: relay.state is RelayState.LEADER)
+        await asyncio.sleep(0.1)
+        write_events(*outbox, events)
+        started = time.monotonic()
+        wake.notify()
+        await eventually(lambda: len(fake.delivered) == 4, timeout=10.0)
+        elapsed = time.monotonic() - started
+        await relay.stop()
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    assert [c.size for c in fake.calls] == [1, 1, 1, 1]
+    assert 1.0 <= elapsed < 3.0  # one linger, not four
+
+
+@pytest.mark.parametrize("linger", [-0.01, 1.5])
+def test_a_linger_out_of_range_is_refused_by_name(outbox: Outbox, linger: float) -> None:
+    with pytest.raises(RelayConfigError, match="linger"):
+        quick_relay(outbox, FakeTransport(), linger=linger)
 
 
 @pytest.mark.postgres

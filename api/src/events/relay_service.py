@@ -123,6 +123,7 @@ def build_relay(
         wake=outbox_wakeup(),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,
+        linger=settings.relay_linger,
         max_backoff=settings.relay_max_backoff,
         drain_timeout=settings.relay_drain_timeout,
         # The publisher bounds each HTTP call by DAPR_PUBLISH_TIMEOUT; this only guards
