@@ -36,8 +36,10 @@ _REQUIRED = frozenset(
     | {"next_attempt_at", "last_error"}
 )
 
-# The columns each row sets (the others have server defaults: attempts, last_error).
-_COLUMNS = ("event_id", "topic", "partition_key", "payload", "created_at", "next_attempt_at")
+# The columns each row sets (the others have server defaults: attempts, last_error); the two
+# times are one parameter shared by every row (fewer parameters for the driver to adapt).
+_COLUMNS = ("event_id", "topic", "partition_key", "payload")
+_TIME_COLUMNS = ("created_at", "next_attempt_at")
 # Rows per statement: far inside every driver's bound-parameter limit (SQLite: 32766).
 MAX_ROWS_PER_STATEMENT = 500
 # Compiled statements kept (per dialect, row count and notify flag).
@@ -107,14 +109,14 @@ class OutboxSink:
         for start in range(0, len(messages), MAX_ROWS_PER_STATEMENT):
             chunk = messages[start : start + MAX_ROWS_PER_STATEMENT]
             compiled = self._statement(dialect, len(chunk), notify)
-            params: dict[str, Any] = {"channel": self.notify_channel} if notify else {}
+            params: dict[str, Any] = {"now": now}
+            if notify:
+                params["channel"] = self.notify_channel
             for i, message in enumerate(chunk):
                 params[f"event_id_{i}"] = message.id
                 params[f"topic_{i}"] = message.topic
                 params[f"partition_key_{i}"] = message.key
                 params[f"payload_{i}"] = message.body
-                params[f"created_at_{i}"] = now
-                params[f"next_attempt_at_{i}"] = now
             if compiled.order is None:
                 _execute(connection, compiled.sql, params)
             else:
@@ -152,8 +154,15 @@ class OutboxSink:
         return compiled
 
     def _compile(self, dialect: Dialect, rows: int, notify: bool) -> _Compiled:
+        now: sa.BindParameter[Any] = sa.bindparam("now")
         statement = self.table.insert().values(
-            [{name: sa.bindparam(f"{name}_{i}") for name in _COLUMNS} for i in range(rows)]
+            [
+                {
+                    **{name: sa.bindparam(f"{name}_{i}") for name in _COLUMNS},
+                    **dict.fromkeys(_TIME_COLUMNS, now),
+                }
+                for i in range(rows)
+            ]
         )
         if notify:
             # pg_notify in RETURNING: the wake-up rides on the INSERT (no extra round trip);
