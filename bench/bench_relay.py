@@ -3,7 +3,7 @@
     python -m bench.bench_relay drain   [--db sqlite|postgresql] [--events 50000] [--mode auto]
     python -m bench.bench_relay latency [--db ...] [--rate 200] [--seconds 10] [--writer thread]
     python -m bench.bench_relay memory  [--db ...] [--events 100000] [--seconds 30]
-    python -m bench.bench_relay api     [--db ...] [--rate 50] [--seconds 10]
+    python -m bench.bench_relay api     [--db ...] [--rate 50] [--seconds 10] [--repeat 3]
 
 `--mode`: auto (bulk publish), never (single publish), null (no HTTP: the relay's own cost).
 The emulated sidecar (tests/support/dapr_emulator.py) runs in a process of its own
@@ -484,52 +484,81 @@ async def _load(base: str, token: str, rate: float, seconds: float) -> list[floa
     return lags
 
 
-def api(db: str, rate: float, seconds: float, only: str | None = None) -> list[dict[str, Any]]:
+def api(
+    db: str, rate: float, seconds: float, only: str | None = None, repeat: int = 1
+) -> list[dict[str, Any]]:
+    """Each scenario `repeat` times, rounds alternating their order (drift hits all alike).
+
+    One JSON line per scenario and round, then (with repeat > 1) a summary line per scenario:
+    the median over rounds of each percentile and the p50 ratio against events off.
+    """
+    scenarios = [s for s in API_SCENARIOS if not only or f"{s[0]}:{s[1]}" in only.split(",")]
+    results: list[dict[str, Any]] = []
+    for round_no in range(repeat):
+        order = scenarios if round_no % 2 == 0 else scenarios[::-1]
+        for mode, state in order:
+            result = _api_scenario(db, rate, seconds, mode, state)
+            result["round"] = round_no + 1
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    if repeat > 1:
+        medians: dict[tuple[str, str], dict[str, float]] = {}
+        for mode, state in scenarios:
+            runs = [
+                r["latency_ms"] for r in results if (r["design"], r["sidecar"]) == (mode, state)
+            ]
+            medians[(mode, state)] = {
+                k: round(statistics.median(run[k] for run in runs), 2)
+                for k in ("p50", "p95", "p99", "max")
+            }
+        off = medians.get(("off", "healthy"))
+        for (mode, state), summary in medians.items():
+            line: dict[str, Any] = {"design": mode, "sidecar": state, "median_of_rounds": summary}
+            if off:
+                line["p50_vs_off"] = round(summary["p50"] / off["p50"], 3)
+            print(json.dumps(line), flush=True)
+    return results
+
+
+def _api_scenario(db: str, rate: float, seconds: float, mode: str, state: str) -> dict[str, Any]:
     import signal
 
     from src.auth import issue_token
 
     secret = "bench-only-secret-0123456789abcdef-0123456789abcdef"
     token = issue_token("alice", secret)
-    results = []
-    for mode, state in API_SCENARIOS:
-        if only and f"{mode}:{state}" not in only.split(","):
-            continue
-        with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
-            port = _free_port()
-            env = {
-                **os.environ,
-                **app_env(url, car.port),
-                "DAPR_ENABLED": "true" if mode == "outbox" else "false",
-                "BETTER_AUTH_SECRET": secret,
-            }
-            server = subprocess.Popen(
-                [sys.executable, "-m", "bench._api_server", "--mode", mode, "--port", str(port)],
-                env={**env, "LOG_LEVEL": "ERROR"},  # the seed design logs every failure
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                _wait_http(base + "/health")
-                time.sleep(1.0)  # the relay is leader by now
-                if state == "down":
-                    car.stop()
-                elif state == "hung" and car.proc is not None:
-                    car.proc.send_signal(signal.SIGUSR1)
-                lags = asyncio.run(_load(base, token, rate, seconds))
-            finally:
-                server.terminate()
-                server.wait(30)
-        results.append(
-            {
-                "design": mode,
-                "sidecar": state,
-                "rate": rate,
-                "latency_ms": {k: round(v, 2) for k, v in percentiles(lags).items()},
-            }
+    # One scenario: a fresh database, sidecar and API process.
+    with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
+        port = _free_port()
+        env = {
+            **os.environ,
+            **app_env(url, car.port),
+            "DAPR_ENABLED": "true" if mode == "outbox" else "false",
+            "BETTER_AUTH_SECRET": secret,
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench._api_server", "--mode", mode, "--port", str(port)],
+            env={**env, "LOG_LEVEL": "ERROR"},  # the seed design logs every failure
+            stderr=subprocess.DEVNULL,
         )
-        print(json.dumps(results[-1]), flush=True)
-    return results
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_http(base + "/health")
+            time.sleep(1.0)  # the relay is leader by now
+            if state == "down":
+                car.stop()
+            elif state == "hung" and car.proc is not None:
+                car.proc.send_signal(signal.SIGUSR1)
+            lags = asyncio.run(_load(base, token, rate, seconds))
+        finally:
+            server.terminate()
+            server.wait(30)
+    return {
+        "design": mode,
+        "sidecar": state,
+        "rate": rate,
+        "latency_ms": {k: round(v, 2) for k, v in percentiles(lags).items()},
+    }
 
 
 # --- helpers run as subprocesses --------------------------------------------------------------
@@ -574,6 +603,7 @@ def main() -> int:
     a.add_argument("--rate", type=float, default=50)
     a.add_argument("--seconds", type=float, default=10)
     a.add_argument("--only", help="comma-separated design:sidecar, e.g. seed:hung")
+    a.add_argument("--repeat", type=int, default=1, help="rounds (order alternates); medians")
     w = sub.add_parser("_writer")
     w.add_argument("--rate", type=float, required=True)
     w.add_argument("--seconds", type=float, required=True)
@@ -593,7 +623,7 @@ def main() -> int:
     elif args.command == "latency":
         result = latency(args.db, args.rate, args.seconds, args.writer, args.transport)
     elif args.command == "api":
-        api(args.db, args.rate, args.seconds, args.only)
+        api(args.db, args.rate, args.seconds, args.only, args.repeat)
         return 0
     else:
         result = memory(args.db, args.events, args.seconds)
