@@ -219,6 +219,9 @@ class DaprEmulator:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._stopping = False
+        # Set (in the loop) whenever `hang()` changes; created here, used only in the loop
+        # (asyncio.Event binds to a loop on first wait, Python >= 3.10).
+        self._hang_changed = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -230,8 +233,9 @@ class DaprEmulator:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
-            self._loop = loop
             asyncio.set_event_loop(loop)
+            self._hang_changed = asyncio.Event()  # one per start: an Event binds to its loop
+            self._loop = loop
             try:
                 loop.run_until_complete(self._listen())
             except BaseException as exc:  # reported to the starting thread
@@ -356,6 +360,14 @@ class DaprEmulator:
 
     def hang(self, on: bool = True) -> None:
         self._hang = on
+        self._release_hung()
+
+    def _release_hung(self) -> None:
+        # Wakes the hung handlers (from any thread) so they re-check `_hang`.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._hang_changed.set)
 
     def fail_fraction(self, p: float, status: int = 500) -> None:
         if not 0.0 <= p <= 1.0:
@@ -375,6 +387,7 @@ class DaprEmulator:
 
     def reset_faults(self) -> None:
         self._hang = False
+        self._release_hung()
         self._fail_fraction, self._fail_status, self._fail_entries = 0.0, 500, 0.0
         self._respond_status = None
         self._delay = 0.0
@@ -508,8 +521,14 @@ class DaprEmulator:
         if self._delay:
             await asyncio.sleep(self._delay)
         if self._hang:
+            # Wait for `hang(False)` on an event, not by polling: a hung sidecar must not
+            # burn CPU beside the process under test (its requests pile up while hung).
             while self._hang and not self._stopping:
-                await asyncio.sleep(0.01)
+                self._hang_changed.clear()
+                if not self._hang:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hang_changed.wait(), 0.5)
             return None
 
         path = request.path.rstrip("/") or "/"
