@@ -11,10 +11,12 @@ base, untracked (the session-level listeners still run and exit early, as they d
 untracked write in the app). Each operation is its own transaction: `add` + `commit`,
 attribute change + `commit`, `delete` + `commit`, on one session with
 `expire_on_commit=False` (the app reloads the task per request, so no reload is measured).
-The two variants take turns operation by operation, so drift (fsync times, a busy machine)
+The variants take turns operation by operation, so drift (fsync times, a busy machine)
 hits both alike; the outbox is emptied between rounds (the relay would), outside the timings.
 `--clock cpu` measures this thread's CPU time instead of elapsed time: the hooks' own cost
-without the disk's noise.
+without the disk's noise. A third variant, "capture only" (`CaptureTask`: the same hooks and
+Task rules, messages dropped instead of written), takes its turn too: the floor of the hooks'
+Python work, without the outbox statement.
 
 Results go to stdout as a Markdown table (paste into docs/benchmarks.md).
 """
@@ -43,12 +45,19 @@ from sqlmodel import Field, Session, SQLModel
 OPS = ("insert", "update", "delete")
 
 
+class _DiscardSink:
+    """Takes a flush's messages and does nothing with them (the "capture" variant)."""
+
+    def write(self, session: Any, connection: Any, messages: Any, /) -> None:
+        return None
+
+
 @functools.cache
-def _models() -> tuple[type[Any], type[Any], sa.Table]:
-    from src.events.wiring import install_task_hooks
+def _models() -> tuple[type[Any], type[Any], type[Any], sa.Table]:
+    from src.events.wiring import IGNORED_COLUMNS, install_task_hooks, task_rule
     from src.models import Task, TaskBase, outbox_table
 
-    from hooks import UTCDateTime, utc_now
+    from hooks import UTCDateTime, track, utc_now
 
     install_task_hooks(Task)  # what importing the model does once the lead's wiring is in
 
@@ -66,7 +75,23 @@ def _models() -> tuple[type[Any], type[Any], sa.Table]:
             default_factory=utc_now, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utc_now}
         )
 
-    return Task, PlainTask, outbox_table
+    class CaptureTask(TaskBase, table=True):
+        """The Task columns with the Task hooks and rules, but no outbox: messages dropped."""
+
+        __tablename__ = "bench_capture_task"
+        __table_args__ = {"sqlite_autoincrement": True}
+
+        id: int | None = Field(default=None, primary_key=True)
+        user_id: str = Field(index=True, max_length=255)
+        completed: bool = Field(default=False)
+        created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+        updated_at: datetime = Field(
+            default_factory=utc_now, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utc_now}
+        )
+
+    discard = _DiscardSink()
+    track(CaptureTask, task_rule, sink_factory=lambda session: discard, ignore=IGNORED_COLUMNS)
+    return Task, PlainTask, CaptureTask, outbox_table
 
 
 @dataclass
@@ -130,12 +155,16 @@ def _round(
 
 
 def run(url: str, *, ops: int, rounds: int, warmup: int, clock: str = "wall") -> Timings:
-    task_model, plain_model, outbox = _models()
-    tables = [task_model.__table__, plain_model.__table__, outbox]
+    task_model, plain_model, capture_model, outbox = _models()
+    tables = [task_model.__table__, plain_model.__table__, capture_model.__table__, outbox]
     engine = sa.create_engine(url)
     SQLModel.metadata.drop_all(engine, tables=tables)
     SQLModel.metadata.create_all(engine, tables=tables)
-    variants: list[tuple[str, type[Any]]] = [("off", plain_model), ("on", task_model)]
+    variants: list[tuple[str, type[Any]]] = [
+        ("off", plain_model),
+        ("capture", capture_model),
+        ("on", task_model),
+    ]
     timings = Timings()
     try:
         with Session(engine, expire_on_commit=False) as session:
@@ -158,8 +187,10 @@ def report(name: str, timings: Timings) -> list[str]:
     lines = []
     for op in OPS:
         off, on = timings.median_us("off", op), timings.median_us("on", op)
+        capture = timings.median_us("capture", op)
         lines.append(
-            f"| {name} | {op} | {off:,.0f} | {on:,.0f} | {on / off:.2f}x | "
+            f"| {name} | {op} | {off:,.0f} | {on:,.0f} | **{on / off:.2f}x** | "
+            f"{capture / off:.2f}x | "
             f"{timings.p90_us('off', op):,.0f} / {timings.p90_us('on', op):,.0f} |"
         )
     return lines
@@ -202,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     get_settings.cache_clear()
 
     lines = [
-        "| database | operation | hooks off (µs) | hooks on (µs) | on / off | p90 off / on (µs) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| database | operation | hooks off (µs) | hooks on (µs) | on / off "
+        "| capture only / off | p90 off / on (µs) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
 
     def measure(url: str) -> Timings:
