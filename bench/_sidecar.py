@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import threading
+import time
 from typing import Any
 
 from tests.support.dapr_emulator import DaprEmulator
@@ -23,8 +23,15 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dump", required=True)
     args = parser.parse_args()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A plain flag, not threading.Event: the handler runs in the main thread, and Event.set()
+    # there deadlocks when the signal lands while that thread is inside Event.wait() (it
+    # holds the Event's lock); a process stuck that way was seen after a "hung" round.
+    stopped = [False]
+
+    def request_stop(*_: object) -> None:
+        stopped[0] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
     with DaprEmulator(port=args.port) as emulator:
         hung = [False]
 
@@ -33,8 +40,8 @@ def main() -> int:
             emulator.hang(hung[0])
 
         signal.signal(signal.SIGUSR1, toggle)
-        while not stop.wait(0.2):
-            pass
+        while not stopped[0]:
+            time.sleep(0.2)  # a signal interrupts the sleep; its handler only sets the flag
         emulator.hang(False)
         received = emulator.received
     with open(args.dump, "w", encoding="utf-8") as out:
