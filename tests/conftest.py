@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support.databases import postgres_required, scratch_postgres_database
+from tests.support.databases import (
+    postgres_required,
+    scratch_postgres_database,
+    wipe_postgres_schema,
+)
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -25,23 +29,13 @@ def pg_database_url() -> Iterator[str]:
         pytest.skip(f"PostgreSQL unreachable: {exc}")
 
 
-def _reset_postgres(url: str) -> None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-            conn.execute(sa.text("CREATE SCHEMA public"))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database URL: a fresh SQLite file, or the scratch PostgreSQL database wiped."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     url: str = request.getfixturevalue("pg_database_url")
-    _reset_postgres(url)
+    wipe_postgres_schema(url)
     return url
 
 

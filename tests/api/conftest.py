@@ -16,7 +16,7 @@ from src.db import get_engine, reset_engine
 from src.models import Task
 
 from tests.support.app import Api, app_env, apply_env, make_client
-from tests.support.databases import scratch_postgres_database
+from tests.support.databases import scratch_postgres_database, wipe_postgres_schema
 from tests.support.factories import TaskFactory, factory_session
 
 MakeTasks = Callable[..., list[Task]]
@@ -29,23 +29,13 @@ def api_pg_url(pg_database_url: str) -> Iterator[str]:
         yield url
 
 
-def _drop_all(url: str) -> None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-            conn.execute(sa.text("CREATE SCHEMA public"))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def api_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     if request.param == "sqlite":
         path: Path = tmp_path_factory.mktemp("api") / "api.db"
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("api_pg_url")
-    _drop_all(url)
+    wipe_postgres_schema(url)
     return url
 
 

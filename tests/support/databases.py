@@ -26,6 +26,17 @@ def postgres_required() -> bool:
     )
 
 
+def wipe_postgres_schema(url: str | sa.URL) -> None:
+    """Empties a PostgreSQL database: drops and recreates its `public` schema."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            conn.execute(sa.text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def scratch_postgres_database() -> Iterator[str]:
     """Creates a uniquely named database, yields its URL, drops it afterwards."""

@@ -14,9 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from hooks import Transport, build_outbox_table, utc_now
-from hooks._relay import OutboxRelay
-from hooks._signal import WakeSignal
+from hooks import OutboxRelay, Transport, WakeSignal, build_outbox_table, utc_now
+from tests.support.databases import wipe_postgres_schema
 
 __all__ = [
     "TOPICS",
@@ -47,13 +46,7 @@ def make_outbox(url: str, *, name: str = "event_outbox", wipe: bool = False) -> 
     """
     sa_url = sa.make_url(url)
     if wipe and sa_url.get_backend_name() == "postgresql":
-        admin = sa.create_engine(sa_url)
-        try:
-            with admin.begin() as conn:
-                conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-                conn.execute(sa.text("CREATE SCHEMA public"))
-        finally:
-            admin.dispose()
+        wipe_postgres_schema(sa_url)
     if sa_url.get_backend_name() == "sqlite":
         engine = sa.create_engine(sa_url, connect_args={"check_same_thread": False, "timeout": 30})
     else:
