@@ -64,8 +64,8 @@ class OutboxSink:
 
     The statement is one `INSERT ... VALUES (...), (...), ...` per flush. A multi-VALUES insert
     is not cacheable in SQLAlchemy, so it is compiled here once per dialect and row count and
-    sent with `exec_driver_sql` (engine events and echo still see it), with the columns' own
-    bind processing applied: it stays a small fraction of the flush's cost.
+    run on a DBAPI cursor through `_execute` (engine events and echo still see it), with the
+    time column's own bind processing applied.
     """
 
     def __init__(

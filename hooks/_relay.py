@@ -662,8 +662,7 @@ class OutboxRelay:
             if exc is not None:  # the rows stay: sent again later (consumers de-duplicate)
                 self._database_failed(exc)
             elif any((r.message.topic, r.message.key) in self._waiting_on for r in rows):
-                self._resume_now = True
-                self._wake.notify()  # a key's next row waited for this: look again
+                self._wake_without_linger()  # a key's next row waited for this: look again
 
         recording.add_done_callback(done)
 
@@ -671,8 +670,12 @@ class OutboxRelay:
         """Makes sure held-back rows are looked at again once their keys have settled."""
         self._waiting_on = {key for key in held_back if key in settling.keys}
         if len(self._waiting_on) < len(held_back):  # settled while we were reading
-            self._resume_now = True
-            self._wake.notify()
+            self._wake_without_linger()
+
+    def _wake_without_linger(self) -> None:
+        """The relay's own wake-up (a held-back key settled): the linger is for commits."""
+        self._resume_now = True
+        self._wake.notify()
 
     def _database_failed(self, exc: BaseException) -> None:
         self._skip = _Skip()
