@@ -61,33 +61,28 @@ def _models() -> tuple[type[Any], type[Any], type[Any], sa.Table]:
 
     install_task_hooks(Task)  # what importing the model does once the lead's wiring is in
 
-    class PlainTask(TaskBase, table=True):
+    class _TaskColumns(TaskBase):
+        """The columns `Task` adds to `TaskBase`, for the untracked and capture-only copies."""
+
+        id: int | None = Field(default=None, primary_key=True)
+        user_id: str = Field(index=True, max_length=255)
+        completed: bool = Field(default=False)
+        created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
+        updated_at: datetime = Field(
+            default_factory=utc_now, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utc_now}
+        )
+
+    class PlainTask(_TaskColumns, table=True):
         """The Task columns, untracked."""
 
         __tablename__ = "bench_plain_task"
         __table_args__ = {"sqlite_autoincrement": True}
 
-        id: int | None = Field(default=None, primary_key=True)
-        user_id: str = Field(index=True, max_length=255)
-        completed: bool = Field(default=False)
-        created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
-        updated_at: datetime = Field(
-            default_factory=utc_now, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utc_now}
-        )
-
-    class CaptureTask(TaskBase, table=True):
+    class CaptureTask(_TaskColumns, table=True):
         """The Task columns with the Task hooks and rules, but no outbox: messages dropped."""
 
         __tablename__ = "bench_capture_task"
         __table_args__ = {"sqlite_autoincrement": True}
-
-        id: int | None = Field(default=None, primary_key=True)
-        user_id: str = Field(index=True, max_length=255)
-        completed: bool = Field(default=False)
-        created_at: datetime = Field(default_factory=utc_now, sa_type=UTCDateTime)
-        updated_at: datetime = Field(
-            default_factory=utc_now, sa_type=UTCDateTime, sa_column_kwargs={"onupdate": utc_now}
-        )
 
     discard = _DiscardSink()
     track(CaptureTask, task_rule, sink_factory=lambda session: discard, ignore=IGNORED_COLUMNS)

@@ -170,75 +170,6 @@ class NullTransport:
         return None
 
 
-class RawDaprTransport:
-    """A bare asyncio HTTP/1.1 keep-alive client for the Dapr publish API (benchmark only).
-
-    Shows what the relay does without httpx's per-request cost (about 2 ms of CPU per
-    request on the benchmark machine, against 0.1 ms for a bare asyncio request).
-    """
-
-    def __init__(self, port: int, pubsub: str = "pubsub-kafka") -> None:
-        self.port = port
-        self.pubsub = pubsub
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def _request(self, path: str, ctype: str, body: bytes) -> int:
-        conn = (
-            self._idle.pop()
-            if self._idle
-            else await asyncio.open_connection("127.0.0.1", self.port)
-        )
-        reader, writer = conn
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode() + body)
-        await writer.drain()
-        response = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status = int(response.split(" ", 2)[1])
-        length = 0
-        for line in response.split("\r\n")[1:]:
-            if line.lower().startswith("content-length:"):
-                length = int(line.split(":", 1)[1])
-        if length:
-            await reader.readexactly(length)
-        self._idle.append(conn)
-        return status
-
-    async def send(self, messages: Any, /) -> list[Any]:
-        from hooks import Outcome, SendResult
-
-        topic = messages[0].topic
-        try:
-            if len(messages) == 1:
-                m = messages[0]
-                path = f"/v1.0/publish/{self.pubsub}/{topic}?metadata.partitionKey={m.key}"
-                status = await self._request(path, "application/cloudevents+json", m.body.encode())
-            else:
-                body = (
-                    "["
-                    + ",".join(
-                        f'{{"entryId":{json.dumps(m.id)},"event":{m.body},'
-                        '"contentType":"application/cloudevents+json",'
-                        f'"metadata":{{"partitionKey":{json.dumps(m.key)}}}}}'
-                        for m in messages
-                    )
-                    + "]"
-                )
-                path = f"/v1.0-alpha1/publish/bulk/{self.pubsub}/{topic}"
-                status = await self._request(path, "application/json", body.encode())
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            return [SendResult(Outcome.TRANSIENT, repr(exc))] * len(messages)
-        outcome = Outcome.OK if 200 <= status < 300 else Outcome.TRANSIENT
-        return [SendResult(outcome, status=status)] * len(messages)
-
-    async def aclose(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
-        self._idle.clear()
-
-
 def drain(db: str, events: int, mode: str) -> dict[str, Any]:
     from src.db import get_engine
     from src.events.relay_service import build_relay
@@ -304,9 +235,7 @@ def write_paced(rate: float, seconds: float) -> list[tuple[int, float]]:
     return out
 
 
-def latency(
-    db: str, rate: float, seconds: float, writer: str, transport: str = "dapr"
-) -> dict[str, Any]:
+def latency(db: str, rate: float, seconds: float, writer: str) -> dict[str, Any]:
     from src.db import get_engine
     from src.events.relay_service import start_relay
 
@@ -317,8 +246,6 @@ def latency(
 
         async def run() -> list[tuple[int, float]]:
             handle = await start_relay(settings)
-            if transport == "raw" and handle.relay is not None:
-                handle.relay._transport = RawDaprTransport(car.port)
             while handle.status()["state"] != "leader":
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.2)
@@ -358,7 +285,6 @@ def latency(
     return {
         "db": db,
         "writer": writer,
-        "transport": transport,
         "rate": rate,
         "mutations": len(commits),
         "delivered": len(lags),
@@ -596,8 +522,6 @@ def main() -> int:
     lat.add_argument("--rate", type=float, default=200)
     lat.add_argument("--seconds", type=float, default=10)
     lat.add_argument("--writer", choices=["thread", "process"], default="thread")
-    # raw: a bare asyncio HTTP client instead of the app's httpx publisher (comparison only)
-    lat.add_argument("--transport", choices=["dapr", "raw"], default="dapr")
     mem = sub.add_parser("memory")
     mem.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
     mem.add_argument("--events", type=int, default=100_000)
@@ -625,7 +549,7 @@ def main() -> int:
     if args.command == "drain":
         result = drain(args.db, args.events, args.mode)
     elif args.command == "latency":
-        result = latency(args.db, args.rate, args.seconds, args.writer, args.transport)
+        result = latency(args.db, args.rate, args.seconds, args.writer)
     elif args.command == "api":
         api(args.db, args.rate, args.seconds, args.only, args.repeat)
         return 0
