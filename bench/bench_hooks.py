@@ -14,9 +14,16 @@ attribute change + `commit`, `delete` + `commit`, on one session with
 The variants take turns operation by operation, so drift (fsync times, a busy machine)
 hits both alike; the outbox is emptied between rounds (the relay would), outside the timings.
 `--clock cpu` measures this thread's CPU time instead of elapsed time: the hooks' own cost
-without the disk's noise. A third variant, "capture only" (`CaptureTask`: the same hooks and
-Task rules, messages dropped instead of written), takes its turn too: the floor of the hooks'
-Python work, without the outbox statement.
+without the disk's noise. Three more variants take their turns too, to split the cost:
+
+- "capture only" (`CaptureTask`): the same hooks and Task rules, messages dropped instead of
+  written: the hooks' Python work without the outbox statement;
+- "outbox only" (`OutboxOnlyTask`): untracked, but every write also hands the messages the
+  Task rules make for such a row (derived once, up front) to the real `OutboxSink`: the outbox
+  writer without capture or derivation;
+- "+ `SELECT 1`" (`OneStatementTask`): untracked, every write also runs `SELECT 1` straight
+  on the flush's DBAPI connection: the cost of any one extra statement in the transaction,
+  the floor of every design that writes its events with a statement of their own.
 
 Results go to stdout as a Markdown table (paste into docs/benchmarks.md).
 """
@@ -52,12 +59,36 @@ class _DiscardSink:
         return None
 
 
+@dataclass(frozen=True)
+class Models:
+    on: type[Any]
+    off: type[Any]
+    capture: type[Any]
+    outbox_only: type[Any]
+    one_statement: type[Any]
+    outbox: sa.Table
+
+    def variants(self) -> list[tuple[str, type[Any]]]:
+        return [
+            ("off", self.off),
+            ("capture", self.capture),
+            ("outbox", self.outbox_only),
+            ("statement", self.one_statement),
+            ("on", self.on),
+        ]
+
+    def tables(self) -> list[sa.Table]:
+        models = (self.on, self.off, self.capture, self.outbox_only, self.one_statement)
+        return [*(model.__table__ for model in models), self.outbox]
+
+
 @functools.cache
-def _models() -> tuple[type[Any], type[Any], type[Any], sa.Table]:
-    from src.events.wiring import IGNORED_COLUMNS, install_task_hooks, task_rule
+def _models() -> Models:
+    from src.events.derivation import derive_task_events
+    from src.events.wiring import IGNORED_COLUMNS, install_task_hooks, outbox_wakeup, task_rule
     from src.models import Task, TaskBase, outbox_table
 
-    from hooks import UTCDateTime, track, utc_now
+    from hooks import OutboxSink, RowChange, UTCDateTime, track, utc_now
 
     install_task_hooks(Task)  # what importing the model does once the lead's wiring is in
 
@@ -84,9 +115,71 @@ def _models() -> tuple[type[Any], type[Any], type[Any], sa.Table]:
         __tablename__ = "bench_capture_task"
         __table_args__ = {"sqlite_autoincrement": True}
 
+    class OutboxOnlyTask(_TaskColumns, table=True):
+        """Untracked; each write also writes ready-made messages through the real outbox."""
+
+        __tablename__ = "bench_outbox_only_task"
+        __table_args__ = {"sqlite_autoincrement": True}
+
+    class OneStatementTask(_TaskColumns, table=True):
+        """Untracked; each write also runs `SELECT 1` on the flush's connection."""
+
+        __tablename__ = "bench_one_statement_task"
+        __table_args__ = {"sqlite_autoincrement": True}
+
     discard = _DiscardSink()
     track(CaptureTask, task_rule, sink_factory=lambda session: discard, ignore=IGNORED_COLUMNS)
-    return Task, PlainTask, CaptureTask, outbox_table
+
+    # What the Task rules make for the benchmark's rows (with and without a due date), derived
+    # once: the "outbox only" variant writes them without capturing or deriving anything.
+    from src.config import get_settings
+
+    now = utc_now()
+    rows = {
+        due: {
+            "id": 1,
+            "user_id": "bench",
+            "title": "Task 1",
+            "description": None,
+            "completed": False,
+            "due_date": now + timedelta(days=7) if due else None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for due in (False, True)
+    }
+    ready: dict[tuple[str, bool], list[Any]] = {}
+    for due, row in rows.items():
+        edited = {**row, "title": "Task 1 (edited)"}
+        for change in (
+            RowChange("insert", "t", (1,), {}, row),
+            RowChange("update", "t", (1,), row, edited, frozenset({"title"})),
+            RowChange("delete", "t", (1,), row, {}),
+        ):
+            ready[(change.kind, due)] = derive_task_events(change, get_settings(), time=now)
+    sink = OutboxSink(outbox_table, wakeup=outbox_wakeup)  # what the Task wiring builds
+
+    def write_ready(kind: str) -> Callable[..., None]:
+        def listener(mapper: Any, connection: sa.Connection, target: Any) -> None:
+            session = sa.orm.object_session(target)
+            assert session is not None  # mapper events fire inside a flush
+            sink.write(session, connection, ready[(kind, target.due_date is not None)])
+
+        return listener
+
+    def select_one(mapper: Any, connection: sa.Connection, target: Any) -> None:
+        # Straight on the DBAPI cursor: the statement's own cost, without SQLAlchemy's.
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+        finally:
+            cursor.close()
+
+    for kind in ("insert", "update", "delete"):
+        sa.event.listen(OutboxOnlyTask, f"after_{kind}", write_ready(kind))
+        sa.event.listen(OneStatementTask, f"after_{kind}", select_one)
+    return Models(Task, PlainTask, CaptureTask, OutboxOnlyTask, OneStatementTask, outbox_table)
 
 
 @dataclass
@@ -150,16 +243,13 @@ def _round(
 
 
 def run(url: str, *, ops: int, rounds: int, warmup: int, clock: str = "wall") -> Timings:
-    task_model, plain_model, capture_model, outbox = _models()
-    tables = [task_model.__table__, plain_model.__table__, capture_model.__table__, outbox]
+    models = _models()
+    tables = models.tables()
+    outbox = models.outbox
     engine = sa.create_engine(url)
     SQLModel.metadata.drop_all(engine, tables=tables)
     SQLModel.metadata.create_all(engine, tables=tables)
-    variants: list[tuple[str, type[Any]]] = [
-        ("off", plain_model),
-        ("capture", capture_model),
-        ("on", task_model),
-    ]
+    variants = models.variants()
     timings = Timings()
     try:
         with Session(engine, expire_on_commit=False) as session:
@@ -182,10 +272,12 @@ def report(name: str, timings: Timings) -> list[str]:
     lines = []
     for op in OPS:
         off, on = timings.median_us("off", op), timings.median_us("on", op)
-        capture = timings.median_us("capture", op)
+        parts = " | ".join(
+            f"{timings.median_us(variant, op) / off:.2f}x"
+            for variant in ("capture", "outbox", "statement")
+        )
         lines.append(
-            f"| {name} | {op} | {off:,.0f} | {on:,.0f} | **{on / off:.2f}x** | "
-            f"{capture / off:.2f}x | "
+            f"| {name} | {op} | {off:,.0f} | {on:,.0f} | **{on / off:.2f}x** | {parts} | "
             f"{timings.p90_us('off', op):,.0f} / {timings.p90_us('on', op):,.0f} |"
         )
     return lines
@@ -229,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         "| database | operation | hooks off (µs) | hooks on (µs) | on / off "
-        "| capture only / off | p90 off / on (µs) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| capture only / off | outbox only / off | + `SELECT 1` / off | p90 off / on (µs) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def measure(url: str) -> Timings:
