@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -274,6 +275,17 @@ def test_settings_correlation_id_and_ids() -> None:
         assert "correlationid" not in event  # absent, not null
     default_ids = derive_task_events(inserted(), SETTINGS, time=NOW)
     assert len({m.id for m in default_ids}) == 2 and all(len(m.id) == 36 for m in default_ids)
+
+
+def test_default_event_ids_are_random_rfc4122_version_4_uuids() -> None:
+    ids = [m.id for _ in range(500) for m in derive_task_events(inserted(), SETTINGS, time=NOW)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # canonical lower-case form
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # The variant's two free bits are random too (all four variant digits occur).
+    assert {text[19] for text in ids} == set("89ab")
 
 
 def test_event_time_is_given_time_in_utc() -> None:
