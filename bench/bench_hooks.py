@@ -47,6 +47,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from loguru import logger
+from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel
 
 OPS = ("insert", "update", "delete")
@@ -92,7 +93,10 @@ def _models() -> Models:
 
     install_task_hooks(Task)  # what importing the model does once the lead's wiring is in
 
-    class _TaskColumns(TaskBase):
+    class _BenchBase(SQLModel, registry=registry()):
+        """The benchmark's own tables stay out of the app's metadata (migrations, create_all)."""
+
+    class _TaskColumns(TaskBase, _BenchBase):
         """The columns `Task` adds to `TaskBase`, for the untracked and capture-only copies."""
 
         id: int | None = Field(default=None, primary_key=True)
