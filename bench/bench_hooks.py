@@ -97,7 +97,9 @@ def _models() -> Models:
         """The benchmark's own tables stay out of the app's metadata (migrations, create_all)."""
 
     class _TaskColumns(TaskBase, _BenchBase):
-        """The columns `Task` adds to `TaskBase`, for the untracked and capture-only copies."""
+        """The columns `Task` adds to `TaskBase`, for the benchmark's copies of it."""
+
+        __table_args__ = {"sqlite_autoincrement": True}  # as Task's ids: never reused
 
         id: int | None = Field(default=None, primary_key=True)
         user_id: str = Field(index=True, max_length=255)
@@ -111,25 +113,21 @@ def _models() -> Models:
         """The Task columns, untracked."""
 
         __tablename__ = "bench_plain_task"
-        __table_args__ = {"sqlite_autoincrement": True}
 
     class CaptureTask(_TaskColumns, table=True):
         """The Task columns with the Task hooks and rules, but no outbox: messages dropped."""
 
         __tablename__ = "bench_capture_task"
-        __table_args__ = {"sqlite_autoincrement": True}
 
     class OutboxOnlyTask(_TaskColumns, table=True):
         """Untracked; each write also writes ready-made messages through the real outbox."""
 
         __tablename__ = "bench_outbox_only_task"
-        __table_args__ = {"sqlite_autoincrement": True}
 
     class OneStatementTask(_TaskColumns, table=True):
         """Untracked; each write also runs `SELECT 1` on the flush's connection."""
 
         __tablename__ = "bench_one_statement_task"
-        __table_args__ = {"sqlite_autoincrement": True}
 
     discard = _DiscardSink()
     track(CaptureTask, task_rule, sink_factory=lambda session: discard, ignore=IGNORED_COLUMNS)

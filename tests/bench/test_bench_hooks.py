@@ -25,6 +25,13 @@ def events_on(monkeypatch: pytest.MonkeyPatch) -> None:
     get_settings.cache_clear()
 
 
+def _bench_engine(url: str) -> tuple[bench_hooks.Models, sa.Engine]:
+    models = bench_hooks._models()
+    engine = sa.create_engine(url)
+    SQLModel.metadata.create_all(engine, tables=models.tables())
+    return models, engine
+
+
 def _outbox_rows(engine: sa.Engine, outbox: sa.Table) -> list[tuple[str, str]]:
     with engine.connect() as conn:
         return [(row.topic, row.payload) for row in conn.execute(sa.select(outbox))]
@@ -42,9 +49,7 @@ def _write_one_of_each(session: Session, model: type[Any]) -> None:
 
 @pytest.mark.usefixtures("events_on")
 def test_variants_write_what_they_claim(db_url: str) -> None:
-    models = bench_hooks._models()
-    engine = sa.create_engine(db_url)
-    SQLModel.metadata.create_all(engine, tables=models.tables())
+    models, engine = _bench_engine(db_url)
     try:
         expected_topics = ["task-events", "task-updates"] * 3  # insert, update, delete
 
@@ -71,9 +76,7 @@ def test_variants_write_what_they_claim(db_url: str) -> None:
 
 @pytest.mark.usefixtures("events_on")
 def test_one_statement_variant_runs_select_1_per_write(sqlite_url: str) -> None:
-    models = bench_hooks._models()
-    engine = sa.create_engine(sqlite_url)
-    SQLModel.metadata.create_all(engine, tables=models.tables())
+    models, engine = _bench_engine(sqlite_url)
     statements: list[str] = []
 
     @sa.event.listens_for(engine, "connect")
