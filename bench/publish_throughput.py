@@ -21,7 +21,6 @@ from typing import Any
 
 from loguru import logger
 from src.config import Settings
-from src.events import EventPublisher
 from src.events.schemas import build_sync_event, build_task_event, topic_for
 from src.events.transport import DaprTransport
 
@@ -82,7 +81,7 @@ def _wait_listening(port: int, timeout: float = 10.0) -> None:
 
 
 async def _run(settings: Settings, messages: list[Message], batch: int) -> tuple[float, float, int]:
-    transport = DaprTransport(EventPublisher(settings))
+    transport = DaprTransport(settings)
     ok = 0
     await transport.send(messages[:batch])  # warm-up: connection, bulk path discovery
     wall, cpu = time.perf_counter(), time.process_time()

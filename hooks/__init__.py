@@ -14,8 +14,8 @@ from hooks._metrics import RelayMetrics
 from hooks._outbox import DEFAULT_NOTIFY_CHANNEL, OutboxSink
 from hooks._outbox_admin import outbox_retry, outbox_status
 from hooks._outbox_table import DEFAULT_OUTBOX_TABLE, build_outbox_table
-from hooks._relay import OutboxRelay
-from hooks._signal import WakeSignal
+from hooks._relay import OutboxRelay, RelayState, RelayStatus
+from hooks._schedule import RelayConfigError
 from hooks._sink import Sink, SinkFactory
 from hooks._sqlite import install_sqlite_transaction_fix
 from hooks._sqltypes import UTCDateTime, utc_now
@@ -32,6 +32,7 @@ from hooks._types import (
     Transport,
     UnsupportedWritePath,
 )
+from hooks._wakeups import WakeSignal
 
 __all__ = [
     "DEFAULT_NOTIFY_CHANNEL",
@@ -46,7 +47,10 @@ __all__ = [
     "OutboxRelay",
     "OutboxSink",
     "Outcome",
+    "RelayConfigError",
     "RelayMetrics",
+    "RelayState",
+    "RelayStatus",
     "RowChange",
     "SendResult",
     "Sink",

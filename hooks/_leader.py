@@ -1,13 +1,14 @@
-"""Which process relays: exactly one per database (issue 8, "Replicas").
+"""Which process relays: exactly one per database (T-016).
 
-- PostgreSQL: a session advisory lock, taken on a dedicated connection held for as long as the
-  process leads. The server drops the lock when that session ends, also when the process is
-  killed (`kill -9` closes its socket), so a standby's next attempt (about every second) wins.
+- PostgreSQL: a session advisory lock on a connection taken from the application's engine (so
+  its `creator`, `connect_args` and connect events apply: TLS files, IAM tokens) and held for
+  as long as the process leads. The server drops the lock when that session ends, also when
+  the process is killed, so a standby's next attempt (about every second) wins.
 - SQLite: an exclusive `flock` on a lock file next to the database file, released by the
-  kernel when the holder dies; only one process per file relays.
-- Anything else (an in-memory SQLite database, other dialects): the process always leads.
+  kernel when the holder dies.
+- Anything else (in-memory SQLite, other dialects): the process always leads.
 
-`describe_leader()` tells who leads right now, for `pakaura outbox status`.
+The leader's identity (host, pid, and what it waits for) is readable by `describe_leader()`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
+import select
 import socket
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,28 +55,32 @@ class Leadership(Protocol):
         """True while still leading; False once leadership is lost (call `acquire` again)."""
         ...
 
+    async def announce(self, note: str) -> None:
+        """Adds `note` (e.g. "waiting for the sidecar at …") to the identity others read."""
+        ...
+
     async def release(self) -> None: ...
 
 
 def process_identity() -> str:
-    """Who leads, as shown by `pakaura outbox status`: host and process id."""
     return f"pakaura-relay {socket.gethostname()} pid {os.getpid()}"
 
 
 def advisory_key(name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for `name` (e.g. the outbox table's name)."""
+    """A stable signed 64-bit advisory-lock key for `name` (the outbox table's name)."""
     digest = hashlib.blake2b(f"hooks.relay:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
 class AlwaysLeader:
-    """For a database only this process can see (in-memory SQLite) or without a lock primitive."""
-
     async def acquire(self) -> bool:
         return True
 
     async def confirm(self) -> bool:
         return True
+
+    async def announce(self, note: str) -> None:
+        return None
 
     async def release(self) -> None:
         return None
@@ -87,9 +95,7 @@ class FileLockLeadership:
         self._fd: int | None = None
 
     async def acquire(self) -> bool:
-        if self._fd is not None:
-            return True
-        if fcntl is None:  # pragma: no cover - Windows
+        if self._fd is not None or fcntl is None:
             return True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -100,17 +106,21 @@ class FileLockLeadership:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by another process (BlockingIOError) or unsupported
+        except OSError:  # held by another process
             os.close(fd)
             return False
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, self.identity.encode(), 0)
         self._fd = fd
+        await self.announce("")
         return True
 
     async def confirm(self) -> bool:
         return self._fd is not None
+
+    async def announce(self, note: str) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, _with_note(self.identity, note).encode(), 0)
 
     async def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -124,57 +134,56 @@ class FileLockLeadership:
 
 
 class PostgresLeadership:
-    """`pg_try_advisory_lock(key)` on a dedicated autocommit psycopg connection.
+    """`pg_try_advisory_lock(key)` on a connection of `engine`, kept while leading.
 
-    `confirm()` round-trips on that connection: a live session still holds its lock, a broken
-    one has lost it (the server released it), so the relay stops sending at once.
+    `confirm()` round-trips on it: a live session still holds its lock, a broken one has lost it
+    (the server released it), so the relay stops sending at once.
     """
 
+    # Between two round trips, `confirm()` only looks at the session's socket.
+    recheck_interval = 1.0
+
     def __init__(
-        self,
-        conninfo: str,
-        key: int,
-        *,
-        identity: str | None = None,
-        timeout: float = 5.0,
+        self, engine: sa.Engine, key: int, *, identity: str | None = None, timeout: float = 5.0
     ) -> None:
-        self._conninfo = conninfo
+        self.engine = engine
         self.key = key
         self.identity = identity or process_identity()
         self._timeout = timeout
-        self._conn: Any = None
+        self._conn: sa.Connection | None = None
         self._held = False
+        # application_name holds 63 bytes: the note rides on the confirm query as a comment
+        # (pg_stat_activity.query shows a session's last statement).
+        self._confirm_sql = "SELECT 1"
+        self._checked_until = 0.0
 
-    async def _connect(self) -> Any:
-        import psycopg
+    def _socket_quiet(self) -> bool:
+        """No bytes waiting on the lock session's socket. A server that ends the session
+        (fail-over, `pg_terminate_backend`) sends an error and closes it: readable at once."""
+        try:
+            raw: Any = self._conn.connection.driver_connection  # type: ignore[union-attr]
+            readable, _, _ = select.select([raw.fileno()], [], [], 0)
+        except Exception:
+            return False
+        return not readable
 
-        return await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(
-                self._conninfo,
-                autocommit=True,
-                application_name=self.identity[:63],
-                connect_timeout=max(1, int(self._timeout)),
-                # Notice a dead server or network quickly instead of after hours.
-                keepalives=1,
-                keepalives_idle=5,
-                keepalives_interval=2,
-                keepalives_count=3,
-            ),
-            self._timeout,
-        )
+    async def _run(self, sql: str, **params: object) -> object:
+        """One statement on the lock connection, in a thread, bounded by the time-out."""
+
+        def run() -> object:
+            if self._conn is None:
+                self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            return self._conn.execute(sa.text(sql), params).scalar()
+
+        return await asyncio.wait_for(asyncio.to_thread(run), self._timeout)
 
     async def acquire(self) -> bool:
         if self._held and await self.confirm():
             return True
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await self._connect()
-            cur = await asyncio.wait_for(
-                self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)),
-                self._timeout,
-            )
-            row = await cur.fetchone()
-            self._held = bool(row and row[0])
+            self._held = bool(await self._run("SELECT pg_try_advisory_lock(:k)", k=self.key))
+            if self._held:
+                await self.announce("")
             return self._held
         except Exception as exc:  # a failed attempt is just "not leader"
             logger.bind(error=f"{type(exc).__name__}: {exc}").warning(
@@ -184,11 +193,14 @@ class PostgresLeadership:
             return False
 
     async def confirm(self) -> bool:
-        if not self._held or self._conn is None or self._conn.closed:
+        if not self._held or self._conn is None:
             self._held = False
             return False
+        if time.monotonic() < self._checked_until and self._socket_quiet():
+            return True  # a round trip less per round: a killed session shows on its socket
         try:
-            await asyncio.wait_for(self._conn.execute("SELECT 1"), self._timeout)
+            await self._run(self._confirm_sql)
+            self._checked_until = time.monotonic() + self.recheck_interval
             return True
         except Exception as exc:
             logger.bind(error=f"{type(exc).__name__}: {exc}").warning(
@@ -197,25 +209,36 @@ class PostgresLeadership:
             await self._close()
             return False
 
+    async def announce(self, note: str) -> None:
+        note = note.replace("*/", "").replace(":", "\\:")  # text(): a literal colon
+        self._confirm_sql = f"SELECT 1 /* {note} */" if note else "SELECT 1"
+        with contextlib.suppress(Exception):
+            await self._run(
+                "SELECT set_config('application_name', :n, false)", n=self.identity[:63]
+            )
+            await self._run(self._confirm_sql)
+
     async def release(self) -> None:
-        if self._held and self._conn is not None and not self._conn.closed:
+        if self._held:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,)),
-                    self._timeout,
-                )
+                await self._run("SELECT pg_advisory_unlock(:k)", k=self.key)
         await self._close()
 
     async def _close(self) -> None:
         conn, self._conn, self._held = self._conn, None, False
         if conn is not None:
+            # Invalidated, not returned: the session (and any lock it still has) must end.
             with contextlib.suppress(Exception):
-                await conn.close()
+                await asyncio.to_thread(_discard, conn)
 
 
-def psycopg_conninfo(url: sa.URL) -> str:
-    """A libpq URI from a SQLAlchemy URL (`postgresql+psycopg://…` → `postgresql://…`)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+def _discard(conn: sa.Connection) -> None:
+    conn.invalidate()
+    conn.close()
+
+
+def _with_note(identity: str, note: str) -> str:
+    return f"{identity} ({note})" if note else identity
 
 
 def _sqlite_lock_path(url: sa.URL) -> Path | None:
@@ -225,11 +248,16 @@ def _sqlite_lock_path(url: sa.URL) -> Path | None:
     return Path(database).resolve().with_name(Path(database).name + ".relay-lock")
 
 
-def leadership_for(url: sa.URL, name: str, *, identity: str | None = None) -> Leadership:
-    """The leadership that fits the database at `url`; `name` tells relays of one DB apart."""
+def leadership_for(
+    engine: sa.Engine | sa.URL, name: str, *, identity: str | None = None
+) -> Leadership:
+    """The leadership that fits the database; `name` tells relays of one database apart."""
+    url = engine if isinstance(engine, sa.URL) else engine.url
     backend = url.get_backend_name()
     if backend == "postgresql":
-        return PostgresLeadership(psycopg_conninfo(url), advisory_key(name), identity=identity)
+        if isinstance(engine, sa.URL):
+            engine = sa.create_engine(engine, poolclass=sa.pool.NullPool)
+        return PostgresLeadership(engine, advisory_key(name), identity=identity)
     if backend == "sqlite":
         path = _sqlite_lock_path(url)
         if path is not None and fcntl is not None:
@@ -238,7 +266,8 @@ def leadership_for(url: sa.URL, name: str, *, identity: str | None = None) -> Le
 
 
 _PG_HOLDER = sa.text(
-    "SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "SELECT a.application_name, a.pid, a.query "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
     "AND l.classid = :hi AND l.objid = :lo "
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -255,19 +284,20 @@ def describe_leader(engine: sa.Engine, name: str) -> str | None:
             row = conn.execute(
                 _PG_HOLDER, {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}
             ).first()
-        return None if row is None else f"{row[0]} (database backend {row[1]})"
-    if backend == "sqlite":
-        path = _sqlite_lock_path(url)
-        if path is None or fcntl is None or not path.exists():
+        if row is None:
             return None
-        fd = os.open(path, os.O_RDONLY)
+        note = re.search(r"/\* (.*) \*/", row[2] or "")
+        return _with_note(f"{row[0]} (database backend {row[1]})", note.group(1) if note else "")
+    path = _sqlite_lock_path(url) if backend == "sqlite" else None
+    if path is None or fcntl is None or not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:  # held: read who holds it
-                return os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-    return None
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held: read who holds it
+            return os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -23,10 +23,10 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
 from hooks._outbox_table import DEFAULT_OUTBOX_TABLE
-from hooks._signal import WakeSignal
 from hooks._sqltypes import utc_now
 from hooks._transaction import defer_until_commit, install_transaction_listeners
 from hooks._types import HooksError, Message
+from hooks._wakeups import WakeSignal
 
 __all__ = ["DEFAULT_NOTIFY_CHANNEL", "OutboxSink"]
 

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 from hooks._leader import describe_leader
 from hooks._outbox import DEFAULT_NOTIFY_CHANNEL
-from hooks._relay import RETRY_NOTIFY_PAYLOAD
 from hooks._sqltypes import utc_now
+from hooks._wakeups import RETRY_NOTIFY_PAYLOAD
 
 __all__ = ["OutboxStatus", "outbox_retry", "outbox_status"]
 

@@ -77,9 +77,15 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
+    """The one result of a delivery attempt, for the relay and for direct publishing alike."""
+
     outcome: Outcome
     error: str | None = None
     status: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
 
 
 class Transport(Protocol):

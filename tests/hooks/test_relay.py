@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hooks._relay import RelayConfigError, RelayState
-from hooks._signal import WakeSignal
+from hooks._wakeups import WakeSignal
 from tests.support.fake_transport import FakeTransport
 from tests.support.relay_helpers import (
     Outbox,
@@ -149,34 +149,43 @@ def test_a_keys_next_event_follows_as_soon_as_the_previous_one_is_recorded(
     assert [c.size for c in fake.calls] == [1, 1, 1, 1]  # one at a time, in order
 
 
-def test_commits_within_the_linger_share_one_round(outbox: Outbox) -> None:
+def test_at_rest_a_commit_goes_out_at_once_and_under_load_commits_share_a_round(
+    outbox: Outbox,
+) -> None:
+    # Adaptive batching (T-016): after a quiet spell a round starts right after the commit;
+    # within `linger` of a round, commits wait for the window's end and share one round.
     fake = FakeTransport()
     wake = WakeSignal()
 
     async def scenario() -> list[str]:
-        relay = quick_relay(outbox, fake, wake=wake, poll_interval=30.0, linger=0.4)
+        relay = quick_relay(outbox, fake, wake=wake, poll_interval=30.0, linger=0.5)
         await relay.start()
         await eventually(lambda: relay.state is RelayState.LEADER)
-        await asyncio.sleep(0.1)  # the first (empty) round is done; now it waits for a wake
+        await asyncio.sleep(1.0)  # the first rounds (start, LISTEN up) are past their window
+        started = time.monotonic()
         ids = write_events(*outbox, [("task-events", "1")])
         wake.notify()
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(fake.delivered) == 1, timeout=2.0)
+        assert time.monotonic() - started < 0.3  # at once, not after the linger
         ids += write_events(*outbox, [("task-events", "2")])
         wake.notify()
+        await asyncio.sleep(0.05)
+        ids += write_events(*outbox, [("task-events", "3")])
+        wake.notify()
         await asyncio.sleep(0.1)
-        assert fake.delivered == []  # still lingering: the round has not started
-        await eventually(lambda: len(fake.delivered) == 2, timeout=3.0)
+        assert len(fake.delivered) == 1  # within the window: gathering
+        await eventually(lambda: len(fake.delivered) == 3, timeout=3.0)
         await relay.stop()
         return ids
 
     ids = asyncio.run(scenario())
     assert [m.id for m in fake.delivered] == ids
-    assert [c.size for c in fake.calls] == [2]  # two commits, one round
+    assert [c.size for c in fake.calls] == [1, 2]  # three commits, two rounds
 
 
 def test_a_keys_next_event_does_not_linger_behind_the_previous_one(outbox: Outbox) -> None:
-    # The linger is for commits; the relay's own "a held-back key has settled" wake-up
-    # resumes at once, or a task's fourth event would wait four lingers.
+    # The linger is for commits; a key's next row, waiting only for its predecessor to be
+    # recorded, goes out at once, or a task's fourth event would wait four lingers.
     fake = FakeTransport()
     wake = WakeSignal()
     events = [("task-events", "same-task")] * 4
@@ -185,7 +194,7 @@ def test_a_keys_next_event_does_not_linger_behind_the_previous_one(outbox: Outbo
         relay = quick_relay(outbox, fake, wake=wake, poll_interval=30.0, linger=1.0)
         await relay.start()
         await eventually(lambda: relay.state is RelayState.LEADER)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.6)  # at rest: the first rounds are past the window
         write_events(*outbox, events)
         started = time.monotonic()
         wake.notify()
@@ -196,7 +205,7 @@ def test_a_keys_next_event_does_not_linger_behind_the_previous_one(outbox: Outbo
 
     elapsed = asyncio.run(scenario())
     assert [c.size for c in fake.calls] == [1, 1, 1, 1]
-    assert 1.0 <= elapsed < 3.0  # one linger, not four
+    assert elapsed < 0.9  # not one linger per event
 
 
 @pytest.mark.parametrize("linger", [-0.01, 1.5])

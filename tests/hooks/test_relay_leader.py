@@ -18,7 +18,7 @@ from loguru import logger
 
 from hooks._leader import AlwaysLeader, describe_leader, leadership_for
 from hooks._relay import RelayState
-from hooks._signal import WakeSignal
+from hooks._wakeups import WakeSignal
 from tests.support.fake_transport import FakeTransport
 from tests.support.relay_helpers import (
     Outbox,

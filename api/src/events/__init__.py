@@ -1,18 +1,13 @@
-"""CloudEvents for task changes: schemas and builders (T-010), the Dapr publisher (T-011, T-012).
+"""CloudEvents for task changes: schemas and builders (T-010), the Dapr transport and the
+direct publisher (T-011, T-012).
 
-`from src.events import get_event_publisher` is the entry point for code that publishes.
-This package stays light (pydantic, loguru; the publisher talks HTTP/1.1 to the sidecar with
-its own small asyncio client, and imports httpx only when given an httpx client) and must not
-import `src.models` or `src.db`: the models import `src.events.derivation`.
+`from src.events import get_event_publisher` is the entry point for code that must publish
+outside a task transaction (task changes go through the outbox by themselves). This package
+must not import `src.models` or `src.db`: the models import `src.events.derivation`.
 """
 
-from src.events.publisher import (
-    EventPublisher,
-    PublishOutcome,
-    PublishResult,
-    get_event_publisher,
-    reset_event_publisher,
-)
+from hooks import Outcome, SendResult
+from src.events.publisher import EventPublisher, get_event_publisher, reset_event_publisher
 from src.events.schemas import (
     CloudEvent,
     EventSchemaError,
@@ -26,9 +21,9 @@ __all__ = [
     "CloudEvent",
     "EventPublisher",
     "EventSchemaError",
-    "PublishOutcome",
-    "PublishResult",
+    "Outcome",
     "ReminderEventData",
+    "SendResult",
     "SyncEventData",
     "TaskEventData",
     "TaskSnapshot",

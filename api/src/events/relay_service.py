@@ -111,11 +111,10 @@ def build_relay(
     registry: CollectorRegistry | None = None,
 ) -> tuple[OutboxRelay, Any]:
     """The relay for `settings` and its transport (close it with `aclose()` after stopping)."""
-    from src.events.publisher import EventPublisher
     from src.events.transport import DaprTransport
     from src.events.wiring import outbox_wakeup
 
-    transport = DaprTransport(EventPublisher(settings))
+    transport = DaprTransport(settings)
     relay = OutboxRelay(
         engine if engine is not None else _engine(),
         _outbox_table(),
@@ -126,10 +125,11 @@ def build_relay(
         linger=settings.relay_linger,
         max_backoff=settings.relay_max_backoff,
         drain_timeout=settings.relay_drain_timeout,
-        # The publisher bounds each HTTP call by DAPR_PUBLISH_TIMEOUT; this only guards
-        # against a transport that never returns.
+        # The transport bounds each HTTP call by DAPR_PUBLISH_TIMEOUT; this only guards
+        # against one that never returns.
         send_timeout=max(30.0, 10 * settings.dapr_publish_timeout),
         ready=transport.check_ready,
+        destination=transport.base_url,
         notify_channel=DEFAULT_NOTIFY_CHANNEL,
         metrics=RelayMetrics(registry if registry is not None else new_registry()),
     )

@@ -1,0 +1,179 @@
+"""Closed-loop API benchmark with `wrk`: what events cost a task API under load (issue 15).
+
+    python -m bench.bench_wrk [--db postgresql|sqlite] [--seconds 5] [--rounds 3]
+                              [--only off,on,hung,down,relay-off,seed]
+
+`wrk` (Debian package `wrk`) runs in its own process and POSTs one task per request to
+`pakaura`'s API (`bench._api_server`), which runs on a fresh database per variant and round.
+The emulated sidecar runs in a process of its own (`bench._sidecar`). Per variant and round:
+p50 latency with one connection (`-c1`), and requests/s with eight connections (`-c8`).
+Rounds run the variants in rotating order; the summary is the median over rounds and the
+ratio against events off (`DAPR_ENABLED=false`) from the same run.
+
+Variants: `off` events off; `on` defaults, sidecar healthy; `hung` sidecar accepts and never
+answers; `down` no sidecar; `relay-off` outbox rows only (`RELAY_ENABLED=false`); `seed` the
+seed design (two publishes inside each request, no outbox).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.bench_relay import _wait_http, database, sidecar
+from bench.publish_throughput import _free_port
+
+VARIANTS: dict[str, tuple[str, str, dict[str, str]]] = {
+    # name: (server mode, sidecar state, extra environment)
+    "off": ("off", "healthy", {}),
+    "on": ("outbox", "healthy", {}),
+    "hung": ("outbox", "hung", {}),
+    "down": ("outbox", "down", {}),
+    "relay-off": ("outbox", "healthy", {"RELAY_ENABLED": "false"}),
+    "seed": ("seed", "healthy", {}),
+}
+
+_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+wrk.body = '{{"title": "Buy milk", "description": "two litres"}}'
+"""
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _parse_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk time {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if p50 is None or p99 is None or rps is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    if errors is not None:
+        raise RuntimeError(f"{errors.group(1)} requests failed:\n{out}")
+    return {"p50": _parse_ms(p50.group(1)), "p99": _parse_ms(p99.group(1)), "rps": float(rps[1])}
+
+
+def one_variant(db: str, name: str, seconds: float, token: str, secret: str) -> dict[str, Any]:
+    mode, state, extra = VARIANTS[name]
+    with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
+        script = Path(tmp) / "post.lua"
+        script.write_text(_LUA.format(token=token))
+        port = _free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "DAPR_ENABLED": "true" if mode == "outbox" else "false",
+            "DAPR_HTTP_PORT": str(car.port),
+            "BETTER_AUTH_SECRET": secret,
+            "LOG_LEVEL": "ERROR",
+            **extra,
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench._api_server", "--mode", mode, "--port", str(port)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_http(base + "/health")
+            time.sleep(1.0)  # the relay leads by now
+            if state == "down":
+                car.stop()
+            elif state == "hung" and car.proc is not None:
+                car.proc.send_signal(signal.SIGUSR1)
+            target = f"{base}/api/alice/tasks"
+            run_wrk(target, script, 1, min(2.0, seconds))  # warm-up: caches, pool, JIT-less
+            single = run_wrk(target, script, 1, seconds)
+            many = run_wrk(target, script, 8, seconds)
+        finally:
+            server.terminate()
+            server.wait(30)
+    return {
+        "variant": name,
+        "p50_ms": round(single["p50"], 3),
+        "p99_ms": round(single["p99"], 3),
+        "rps_c1": round(single["rps"], 1),
+        "rps_c8": round(many["rps"], 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rotating rounds (default 3)")
+    parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (apt-get install wrk)")
+    from src.auth import issue_token
+
+    secret = "bench-only-secret-0123456789abcdef-0123456789abcdef"
+    token = issue_token("alice", secret)
+    names = [n for n in args.only.split(",") if n]
+    for n in names:
+        if n not in VARIANTS:
+            parser.error(f"unknown variant {n!r}; known: {', '.join(VARIANTS)}")
+    results: list[dict[str, Any]] = []
+    for round_no in range(args.rounds):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            result = one_variant(args.db, name, args.seconds, token, secret)
+            result["round"] = round_no + 1
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    medians: dict[str, dict[str, float]] = {}
+    for name in names:
+        runs = [r for r in results if r["variant"] == name]
+        medians[name] = {
+            k: round(statistics.median(r[k] for r in runs), 3)
+            for k in ("p50_ms", "p99_ms", "rps_c1", "rps_c8")
+        }
+    off = medians.get("off")
+    print(f"\n| variant ({args.db}) | p50 ms | p50 vs off | req/s c8 | vs off |")
+    print("|---|---:|---:|---:|---:|")
+    for name, m in medians.items():
+        ratio = f"{m['p50_ms'] / off['p50_ms']:.2f}x" if off else "-"
+        tput = f"{m['rps_c8'] / off['rps_c8']:.2f}" if off else "-"
+        print(f"| {name} | {m['p50_ms']:.2f} | {ratio} | {m['rps_c8']:.0f} | {tput} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

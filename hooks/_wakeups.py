@@ -1,0 +1,160 @@
+"""What wakes the relay (T-016): a commit in this process, a NOTIFY from any process, or the
+poll interval (the caller's time-out on `WakeSignal.wait`).
+
+- `WakeSignal`: notified by the outbox writer after each commit that wrote rows, from any
+  thread; cheap, coalesced (many commits between two rounds cost one loop call), never raises.
+- `NotifyListener` (PostgreSQL): `LISTEN` on a connection taken from the application's engine,
+  in a daemon thread; every NOTIFY on the channel notifies the signal, the payload
+  `RETRY_NOTIFY_PAYLOAD` (`pakaura outbox retry`) calls `on_retry` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from loguru import logger
+
+__all__ = ["RETRY_NOTIFY_PAYLOAD", "NotifyListener", "WakeSignal"]
+
+# `outbox_retry` sends this payload on the channel: the leader forgets its pauses at once.
+RETRY_NOTIFY_PAYLOAD = "retry"
+
+
+class WakeSignal:
+    """`notify()` is cheap, thread-safe, coalesced and never raises: it runs in `after_commit`.
+
+    Many commits between two relay rounds cost one loop call, not one per commit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._pending = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Binds the signal to the running loop of the relay that waits on it."""
+        with self._lock:
+            self._loop = loop or asyncio.get_running_loop()
+            self._event = asyncio.Event()
+            self._pending = False
+
+    def detach(self) -> None:
+        with self._lock:
+            self._loop = None
+            self._event = None
+            self._pending = False
+
+    def notify(self) -> None:
+        try:
+            with self._lock:
+                loop, event = self._loop, self._event
+                if loop is None or event is None or self._pending:
+                    return
+                self._pending = True
+            if loop.is_closed():
+                return
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._fire()
+            else:
+                loop.call_soon_threadsafe(self._fire)
+        except Exception:  # a wake-up must never break a commit
+            return
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._pending = False
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        """True when a notify came since the last `wait` returned (or is on its way)."""
+        event = self._event
+        return self._pending or (event is not None and event.is_set())
+
+    async def wait(self, timeout: float) -> bool:
+        """Waits for a notify or `timeout` seconds; True when woken by a notify."""
+        event = self._event
+        if event is None:
+            await asyncio.sleep(timeout)
+            return False
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            event.clear()
+        return True
+
+
+class NotifyListener:
+    """LISTENs on `channel` in a daemon thread until `stop()`; reconnects after a failure."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        channel: str,
+        wake: WakeSignal,
+        on_retry: Callable[[], None],
+        *,
+        check_every: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.channel = channel
+        self._wake = wake
+        self._on_retry = on_retry
+        self._check_every = check_every
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._run, name="outbox-relay-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopped.is_set():
+            try:
+                self._listen()
+                delay = 0.5
+            except Exception as exc:  # polling covers the gap
+                logger.bind(channel=self.channel, error=f"{type(exc).__name__}: {exc}").warning(
+                    "outbox relay lost its LISTEN connection; reconnecting"
+                )
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _listen(self) -> None:
+        raw = self.engine.raw_connection()
+        try:
+            driver: Any = raw.driver_connection
+            if not hasattr(driver, "notifies"):  # not psycopg 3: polling only
+                self._stopped.wait()
+                return
+            driver.autocommit = True
+            quoted = self.engine.dialect.identifier_preparer.quote(self.channel)
+            driver.execute(f"LISTEN {quoted}")
+            self._wake.notify()  # commits while we were not listening
+            while not self._stopped.is_set():
+                for note in driver.notifies(timeout=self._check_every):
+                    if note.payload == RETRY_NOTIFY_PAYLOAD:
+                        self._on_retry()
+                    else:
+                        self._wake.notify()
+        finally:
+            # LISTEN state and autocommit must not go back to the application's pool.
+            raw.invalidate()
+            raw.close()
