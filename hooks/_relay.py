@@ -46,6 +46,12 @@ LATENCY_SAMPLES = 32
 # Sent rows are deleted with the next round's pick when a commit comes within this many
 # seconds (one database hop per round under load), else alone.
 RECORD_DELAY = 0.05
+# Adaptive batching: under load the next round waits until DUTY_FACTOR times the last round's
+# duration has passed since it started (the relay takes at most about a fifth of the time, so
+# a slow or contended round makes the next one gather more), at least `linger`, at most
+# MAX_WINDOW (which bounds the latency it adds).
+DUTY_FACTOR = 4.0
+MAX_WINDOW = 0.025
 
 
 class RelayState(enum.StrEnum):
@@ -161,6 +167,7 @@ class OutboxRelay:
         self._saw_unready = False
         self._next_due: datetime | None = None
         self._last_round = -1e9  # monotonic start of the last round
+        self._window = linger  # the current adaptive-batching window (see DUTY_FACTOR)
         self._next_stats = 0.0
         self._stats: tuple[int, datetime | None, datetime] | None = None
         self._published = 0
@@ -293,6 +300,8 @@ class OutboxRelay:
                     if not await self._still_leader():  # checked before every send
                         break
                     pending = await self._deliver(pick.rows)
+                    took = time.monotonic() - self._last_round
+                    self._window = min(max(self._linger, DUTY_FACTOR * took), MAX_WINDOW)
                     if pick.more or self._schedule.paused_for() > 0:
                         continue  # a backlog: on at once (results ride with the next pick)
                 if self._stopping:
@@ -450,9 +459,9 @@ class OutboxRelay:
             pending = await self._record(pending)
             if pending.delete or pending.retry:  # database error: the loop pauses
                 return pending
-        # Under load, at most one round per `linger`: the commits in between share it.
-        # After a quiet spell the window has passed and the round starts at once.
-        left = self._last_round + self._linger - time.monotonic()
+        # Under load, the commits within the window share one round; after a quiet spell the
+        # window has passed and the round starts at once.
+        left = self._last_round + self._window - time.monotonic()
         if left > 0:
             await asyncio.sleep(left)
         return pending
