@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hooks import utc_now
@@ -161,3 +162,36 @@ def test_metrics_count_published_and_failed_events_per_topic(outbox: Outbox) -> 
     assert (sample("outbox_send_duration_seconds_count") or 0) >= 3
     text = generate_latest(registry).decode()
     assert "outbox_publish_latency_seconds_bucket" in text
+
+
+def test_status_tells_a_relay_waiting_for_its_sidecar_from_no_relay(
+    outbox: Outbox,
+) -> None:
+    """A relay started before its sidecar says so, with the address it waits for: in
+    `pakaura outbox status` and in its log, repeated while it waits (T-016)."""
+    fake = FakeTransport()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="INFO", filter="hooks._relay")
+
+    async def never_ready() -> bool:
+        return False
+
+    async def scenario() -> None:
+        relay = quick_relay(outbox, fake, ready=never_ready, destination="http://127.0.0.1:3999")
+        await relay.start()
+        await eventually(lambda: relay.state is RelayState.WAITING_FOR_SIDECAR)
+        await asyncio.sleep(1.5)
+        status = await asyncio.to_thread(outbox_status, *outbox)
+        await relay.stop()
+        assert status.leader is not None
+        assert "waiting for the sidecar at http://127.0.0.1:3999" in status.leader
+        assert f"relay leader: {status.leader}" in status.lines()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.remove(sink)
+    waits = [line for line in lines if "waiting for the sidecar at http://127.0.0.1:3999" in line]
+    assert len(waits) >= 2  # said again while waiting (on a back-off), not once
+    assert fake.calls == []
+    assert outbox_status(*outbox).leader is None  # stopped: no relay any more
