@@ -144,12 +144,35 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _speak_of_characters(error: Any) -> Any:
+    """pydantic words the length limit of an Annotated str (title: stripped, then checked) as
+    "at most 200 items after validation": say characters, as for plain strings."""
+    if (
+        isinstance(error, dict)
+        and error.get("type") in ("too_long", "too_short")
+        and isinstance(error.get("input"), str)
+    ):
+        ctx = error.get("ctx") or {}
+        if error["type"] == "too_long" and "max_length" in ctx:
+            limit = ctx["max_length"]
+            bound = "at most"
+        elif error["type"] == "too_short" and "min_length" in ctx:
+            limit = ctx["min_length"]
+            bound = "at least"
+        else:
+            return error
+        unit = "character" if limit == 1 else "characters"
+        return {**error, "msg": f"String should have {bound} {limit} {unit}"}
+    return error
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler answered 500 when the echoed input was 1e999, NaN or "\ud800"
         # (issue 7).
-        detail = _json_safe(jsonable_encoder(exc.errors()))
+        errors = [_speak_of_characters(error) for error in exc.errors()]
+        detail = _json_safe(jsonable_encoder(errors))
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(TaskNotFound)
