@@ -180,6 +180,7 @@ class DevSidecar:
         alpha1_bulk: bool = True,
         seed: int = 0,
         on_delivery: Callable[[Delivery], None] | None = None,
+        on_call: Callable[[Call], None] | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -194,6 +195,7 @@ class DevSidecar:
         self._connections = 0
         self.healthy = True
         self._on_delivery = on_delivery
+        self._on_call = on_call
 
         self._lock = threading.Lock()
         self._received: list[Delivery] = []
@@ -509,6 +511,8 @@ class DevSidecar:
         )
         with self._lock:
             self._calls.append(call)
+        if self._on_call is not None:
+            self._on_call(call)
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -758,6 +762,15 @@ def _maybe_json(payload: bytes) -> Any:
         return payload.decode("utf-8", "replace")
 
 
+_REFUSALS = {
+    400: "malformed bulk request",
+    401: "dapr-api-token missing or wrong: --token and DAPR_API_TOKEN must agree",
+    403: "topic not allowed",
+    404: "unknown pub/sub component or path: see --pubsub and DAPR_PUBSUB_NAME",
+    500: "the event could not be read",
+}
+
+
 def format_delivery(delivery: Delivery) -> str:
     """One received event, readable: a header line, then its `data` indented."""
     event = delivery.event
@@ -805,7 +818,16 @@ def run(
         out_stream.write(render(delivery))
         out_stream.flush()
 
+    def explain(call: Call) -> None:
+        # A refused publish is otherwise visible only in the API's log: say it here too.
+        if call.status is None or call.status < 400:
+            return
+        why = _REFUSALS.get(call.status, "see the Dapr HTTP API")
+        err_stream.write(f"refused {call.method} {call.path}: {call.status} ({why})\n")
+        err_stream.flush()
+
     sidecar = DevSidecar(
+        on_call=explain,
         host=host,
         port=port,
         pubsubs=pubsubs,

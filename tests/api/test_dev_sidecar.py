@@ -96,6 +96,7 @@ def test_the_command_prints_single_and_bulk_events_readably(
     out, err = proc.communicate(timeout=10)
     assert f"listening on http://127.0.0.1:{port}" in err
     assert "dapr-api-token required" in err
+    assert "refused POST /v1.0/publish/pubsub-kafka/task-events: 401 (dapr-api-token" in err
     lines = out.splitlines()
     assert lines[0].split()[1:] == [
         "task-events",
