@@ -255,19 +255,30 @@ def test_every_marker_is_known_and_every_skip_gives_a_reason() -> None:
                 assert shlex.split(block.arg), block.where
 
 
+def commands_in(code: str) -> list[str]:
+    """Shell commands of a block: continuation lines joined, comments and blanks dropped."""
+    joined = re.sub(r"\\\n\s*", " ", code)
+    return [line for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
 def test_the_readme_shows_a_tasks_events_within_three_commands() -> None:
-    """From a fresh clone: install, then sidecar, serve, create a task (README quick start)."""
-    runnable = [
-        b
-        for b in blocks(ROOT / "README.md")
-        if b.lang in RUNNABLE and b.marker in (None, "background", "skip")
-    ]
-    commands = [line for b in runnable[:4] for line in b.code.splitlines() if line.strip()]
-    text = "\n".join(commands)
-    assert "pip install" in commands[0]
-    assert "pakaura dev-sidecar" in text and "DAPR_ENABLED=true" in text and "curl" in text
-    markers = [b.marker for b in blocks(ROOT / "README.md")]
-    assert "wait-for-output" in markers  # the events are checked, not only the commands
+    """A fresh clone: install, then three commands (sidecar, API, create a task), then the
+    sidecar's output, which the page test waits for."""
+    readme = blocks(ROOT / "README.md")
+    install = next(b for b in readme if b.lang in RUNNABLE)
+    assert "pip install -e ." in install.code
+    steps: list[str] = []
+    for block in readme[readme.index(install) + 1 :]:
+        if block.marker == "wait-for-output":
+            assert {"task.created", "task.sync"} <= set(shlex.split(block.arg))
+            break
+        steps += commands_in(block.code)
+    else:
+        pytest.fail("the quick start never shows the events")
+    assert len(steps) == 3, steps
+    assert "pakaura dev-sidecar" in steps[0]
+    assert "DAPR_ENABLED=true" in steps[1] and "pakaura serve" in steps[1]
+    assert steps[2].startswith("curl -X POST")
 
 
 def test_localize_moves_the_default_ports() -> None:
