@@ -24,6 +24,7 @@ A runnable block without a marker that fails, fails the test: fix the example or
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -279,6 +280,16 @@ def test_the_readme_shows_a_tasks_events_within_three_commands() -> None:
     assert "pakaura dev-sidecar" in steps[0]
     assert "DAPR_ENABLED=true" in steps[1] and "pakaura serve" in steps[1]
     assert steps[2].startswith("curl -X POST")
+
+
+def test_every_json_example_parses() -> None:
+    json_blocks = [b for page in PAGES for b in blocks(page) if b.lang == "json"]
+    assert json_blocks
+    for block in json_blocks:
+        try:
+            json.loads(block.code)
+        except ValueError as exc:
+            pytest.fail(f"{block.where}: not JSON ({exc})")
 
 
 def test_localize_moves_the_default_ports() -> None:
