@@ -129,7 +129,7 @@ wait_for_port() {  # port
     return 1
 }
 wait_for_output() {  # words...
-    for _ in $(seq 1 150); do
+    for _ in $(seq 1 300); do
         local missing=0
         for word in "$@"; do
             grep -qF -- "$word" "$DOCTEST_LOGS"/bg-*.log 2>/dev/null || missing=1
