@@ -19,6 +19,7 @@ RUNTIME_FILES = [
     "data/other.db.relay-lock",
     ".pakaura-dev-secret",
     ".env",
+    ".venv",  # the README's virtualenv; tox-uv also leaves a `.venv` file naming its env
 ]
 
 
