@@ -17,7 +17,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
-__all__ = ["DEV_SECRET_FILE", "Settings", "SettingsError", "get_settings", "load_auth_secret"]
+__all__ = [
+    "DEV_SECRET_FILE",
+    "Settings",
+    "SettingsError",
+    "get_settings",
+    "load_auth_secret",
+    "normalize_database_url",
+]
 
 DEV_SECRET_FILE = ".pakaura-dev-secret"
 MIN_SECRET_BYTES = 32
@@ -25,6 +32,40 @@ MIN_SECRET_BYTES = 32
 
 class SettingsError(RuntimeError):
     """A setting is missing or invalid; the message names it and says what to do."""
+
+
+DATABASE_URL_FORMS = (
+    "sqlite:///path/to/file.db, "
+    "postgresql+psycopg://user:password@host:5432/dbname "
+    "(postgres:// and postgresql:// are read as postgresql+psycopg://)"
+)
+# Drivers that are installed with the project. `postgres://` (Heroku, many PaaS) and a bare
+# `postgresql://` would otherwise pick the psycopg2 driver, which is not installed.
+_POSTGRES_ALIASES = {"postgres", "postgresql", "postgresql+psycopg"}
+_SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite"}
+
+
+def normalize_database_url(url: str) -> str:
+    """`url` with its driver made explicit, or ValueError naming the forms that work.
+
+    The message never repeats the URL: it may carry a password.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url.strip())
+    except ArgumentError:
+        raise ValueError(f"not a database URL; the forms that work: {DATABASE_URL_FORMS}") from None
+    driver = parsed.drivername.lower()
+    if driver in _SQLITE_DRIVERS:
+        return url.strip()
+    if driver in _POSTGRES_ALIASES:
+        fixed = parsed.set(drivername="postgresql+psycopg")
+        return fixed.render_as_string(hide_password=False)
+    raise ValueError(
+        f"unsupported database or driver {driver!r}; the forms that work: {DATABASE_URL_FORMS}"
+    )
 
 
 class Settings(BaseSettings):
@@ -72,7 +113,8 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    # "auto": console lines on a terminal, JSON lines otherwise (containers, CI).
+    log_format: Literal["auto", "json", "console"] = "auto"
     # SQL echo goes through loguru at DEBUG when true.
     log_sql: bool = False
 
@@ -89,14 +131,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(f"not a SQLAlchemy URL ({exc})") from None
-        return value
+        return normalize_database_url(value)
 
     @field_validator("better_auth_secret")
     @classmethod
@@ -118,7 +153,8 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
-        parts.append(f"{name}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
     return "; ".join(parts)
 
 

@@ -9,14 +9,21 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel
 
 from src import models  # noqa: F401 - registers the tables and installs the Task hooks
-from src.config import get_settings
+from src.config import SettingsError, get_settings, normalize_database_url
 
 __all__ = ["create_tables", "get_engine", "make_engine", "reset_engine", "session_scope"]
 
 
 def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> sa.Engine:
-    """An engine for `url`; SQLite gets the hooks' savepoint-safe transaction handling."""
-    sa_url = sa.make_url(url)
+    """An engine for `url`; SQLite gets the hooks' savepoint-safe transaction handling.
+
+    `postgres://` and `postgresql://` are read as `postgresql+psycopg://` (the installed
+    driver), as for `DATABASE_URL`; other databases and drivers are refused in one line.
+    """
+    try:
+        sa_url = sa.make_url(normalize_database_url(url))
+    except ValueError as exc:
+        raise SettingsError(f"invalid setting DATABASE_URL: {exc}") from None
     if sa_url.get_backend_name() == "sqlite":
         # Several threads (the API's worker pool, the relay) share one file.
         return sa.create_engine(

@@ -1,4 +1,7 @@
-"""Loguru configuration: JSON lines by default, stdlib logging (uvicorn, SQLAlchemy) routed in.
+"""Loguru configuration, stdlib logging (uvicorn, SQLAlchemy) routed in.
+
+`LOG_FORMAT=auto` (the default) writes readable console lines when stderr is a terminal and
+JSON lines otherwise (containers, CI, files); `console` and `json` force one of them.
 
 Every record carries `event_type`, `topic`, `task_id`, `user_id` and `correlation_id` keys
 when code binds them; the request's correlation id is added from the request context.
@@ -20,7 +23,7 @@ if TYPE_CHECKING:
 
     from src.config import Settings
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "resolve_format"]
 
 
 class _InterceptHandler(logging.Handler):
@@ -46,22 +49,51 @@ def _add_correlation(record: Record) -> None:
             extra["correlation_id"] = cid
 
 
+def _console_format(record: Record) -> str:
+    """One readable line: time, level, logger, message, then the bound keys as key=value."""
+    pairs = " ".join(f"{key}={value}" for key, value in record["extra"].items())
+    # The pairs are data, not a template: escape loguru's braces and colour markup.
+    pairs = pairs.replace("{", "{{").replace("}", "}}").replace("<", r"\<")
+    return (
+        "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+        "<cyan>{name}</cyan> {message}"
+        + (f" <dim>{pairs}</dim>" if pairs else "")
+        + "\n{exception}"
+    )
+
+
+def _write_stderr(message: str) -> None:
+    # Looks sys.stderr up on every write rather than binding the stream once: pytest (and
+    # anything else that swaps sys.stderr) then captures the lines instead of the terminal
+    # getting them.
+    sys.stderr.write(message)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def resolve_format(log_format: str, stream: Any = None) -> str:
+    """`json` or `console`: `auto` picks console for a terminal, JSON for anything else."""
+    if log_format != "auto":
+        return log_format
+    return "console" if _is_terminal(stream if stream is not None else sys.stderr) else "json"
+
+
 def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     """(Re)configures the process's logging. Logs go to stderr: stdout may carry MCP stdio."""
     logger.remove()
-    target: Any = stream or sys.stderr
+    target: Any = stream if stream is not None else _write_stderr
+    log_format = resolve_format(settings.log_format, stream)
     logger.configure(patcher=_add_correlation)
-    if settings.log_format == "json":
+    if log_format == "json":
         logger.add(target, level=settings.log_level, serialize=True, backtrace=False)
     else:
-        logger.add(
-            target,
-            level=settings.log_level,
-            format=(
-                "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-                "<cyan>{name}</cyan> {message} <dim>{extra}</dim>"
-            ),
-        )
+        colorize = _is_terminal(stream if stream is not None else sys.stderr)
+        logger.add(target, level=settings.log_level, format=_console_format, colorize=colorize)
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "sqlalchemy", "alembic", "mcp"):
         std = logging.getLogger(name)

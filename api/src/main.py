@@ -144,12 +144,35 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _speak_of_characters(error: Any) -> Any:
+    """pydantic words the length limit of an Annotated str (title: stripped, then checked) as
+    "at most 200 items after validation": say characters, as for plain strings."""
+    if (
+        isinstance(error, dict)
+        and error.get("type") in ("too_long", "too_short")
+        and isinstance(error.get("input"), str)
+    ):
+        ctx = error.get("ctx") or {}
+        if error["type"] == "too_long" and "max_length" in ctx:
+            limit = ctx["max_length"]
+            bound = "at most"
+        elif error["type"] == "too_short" and "min_length" in ctx:
+            limit = ctx["min_length"]
+            bound = "at least"
+        else:
+            return error
+        unit = "character" if limit == 1 else "characters"
+        return {**error, "msg": f"String should have {bound} {limit} {unit}"}
+    return error
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler answered 500 when the echoed input was 1e999, NaN or "\ud800"
         # (issue 7).
-        detail = _json_safe(jsonable_encoder(exc.errors()))
+        errors = [_speak_of_characters(error) for error in exc.errors()]
+        detail = _json_safe(jsonable_encoder(errors))
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(TaskNotFound)
@@ -165,6 +188,59 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"detail": "database unavailable, retry later"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
+        )
+
+
+DOCS_ASSETS_URL = "/docs-assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc from assets packaged with the project
+    (fastapi-offline's copies): FastAPI's defaults load them from a CDN, blank offline."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import (
+        get_redoc_html,
+        get_swagger_ui_html,
+        get_swagger_ui_oauth2_redirect_html,
+    )
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(assets)), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    def _root(request: Request) -> str:
+        return str(request.scope.get("root_path", ""))
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = _root(request)
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect_url}",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = _root(request)
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
         )
 
 
@@ -211,6 +287,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Tasks per user. Every committed change becomes CloudEvents on Dapr.",
+        docs_url=None,  # served from packaged assets by _install_docs
+        redoc_url=None,
     )
     app.state.auth_secret = auth_secret
     app.state.settings = settings
@@ -219,6 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.relay = None
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
+    _install_docs(app)
     app.include_router(health_router)
     app.include_router(tasks_router)
     mount_mcp(app, settings)

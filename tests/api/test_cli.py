@@ -6,6 +6,7 @@ working directory; variants of the same error path call `main()` in-process to s
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -70,8 +71,8 @@ def test_token_and_the_api_agree_on_the_generated_local_secret(
     assert jwt.decode(token, options={"verify_signature": False})["sub"] == "alice"
     assert (tmp_path / DEV_SECRET_FILE).exists()
     # The API started later in the same directory (no BETTER_AUTH_SECRET) accepts it. (Its
-    # logging must not bind to capsys's stream, which closes with this test.)
-    with capsys.disabled(), make_client(sqlite_url, secret=None) as api:
+    # log lines go to whatever sys.stderr is at the time: captured here.)
+    with make_client(sqlite_url, secret=None) as api:
         headers = {"Authorization": f"Bearer {token}"}
         assert api.client.get("/api/alice/tasks", headers=headers).status_code == 200
         assert api.client.get("/api/bob/tasks", headers=headers).status_code == 403
@@ -144,3 +145,92 @@ def test_db_upgrade_twice_is_harmless(
     assert main(["db", "upgrade"]) == 0
     assert main(["db", "upgrade"]) == 0
     assert "upgraded" in capsys.readouterr().err
+
+
+# --- DATABASE_URL forms, --hours, help (T-019: errors and help a newcomer can act on) -----------
+
+
+@pytest.mark.parametrize(
+    ("url", "command"),
+    [
+        # driver not installed
+        ("postgresql+psycopg2://pakaura:pw@127.0.0.1:5432/pakaura", ["outbox", "status"]),
+        ("mysql://pakaura:pw@127.0.0.1/pakaura", ["outbox", "status"]),
+        ("not a url pw@", ["db", "upgrade"]),
+        ("mysql+pymysql://pakaura:pw@127.0.0.1/pakaura", ["serve", "--port", "1"]),
+    ],
+)
+def test_an_unsupported_database_url_is_one_line_naming_the_setting(
+    tmp_path: Path, url: str, command: list[str]
+) -> None:
+    done = run(*command, cwd=tmp_path, command=[str(PAKAURA)], DATABASE_URL=url)
+    assert done.returncode != 0
+    assert done.stdout == ""
+    line = one_line(done.stderr)
+    assert line.startswith("pakaura: ")
+    assert "DATABASE_URL" in line
+    # It says which forms work, and never echoes the URL (it may carry a password).
+    assert "sqlite:///" in line and "postgresql+psycopg://" in line
+    assert "pw@" not in line
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_postgres_url_spellings_are_read_as_psycopg(
+    tmp_path: Path, pg_database_url: str, scheme: str
+) -> None:
+    url = sa.make_url(pg_database_url).set(drivername=scheme)
+    rendered = url.render_as_string(hide_password=False)
+    done = run("db", "upgrade", cwd=tmp_path, command=[str(PAKAURA)], DATABASE_URL=rendered)
+    assert done.returncode == 0, done.stderr
+    assert one_line(done.stderr) == "database upgraded to head"
+
+
+@pytest.mark.parametrize("hours", ["0", "-1", "-0.5", "nan", "inf", "soon"])
+def test_token_hours_must_be_positive(tmp_path: Path, hours: str) -> None:
+    done = run("token", "alice", "--hours", hours, cwd=tmp_path, command=[str(PAKAURA)])
+    assert done.returncode == 2
+    assert done.stdout == ""
+    line = one_line(done.stderr)
+    assert "--hours" in line and "pakaura token --help" in line
+
+
+def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    from src.cli import _parser
+
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+    pending = [_parser()]
+    while pending:
+        parser = pending.pop()
+        found.append((parser.prog, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
+    return found
+
+
+def test_every_option_has_help_that_states_its_default() -> None:
+    parsers = _all_parsers()
+    assert {prog for prog, _ in parsers} >= {
+        "pakaura serve",
+        "pakaura token",
+        "pakaura dev-sidecar",
+        "pakaura db upgrade",
+        "pakaura outbox status",
+    }
+    for prog, parser in parsers:
+        assert parser.description, prog
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            assert action.help, f"{prog} {action.dest} has no help"
+            if not action.required and (action.option_strings or action.nargs == "?"):
+                shown = formatter._get_help_string(action) or ""  # what --help prints
+                assert "default" in shown, f"{prog} {action.dest}: {shown}"
+
+
+def test_help_shows_defaults(tmp_path: Path) -> None:
+    done = run("dev-sidecar", "--help", cwd=tmp_path, command=[str(PAKAURA)])
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "(default: 3500)" in text and "(default: 127.0.0.1)" in text

@@ -101,3 +101,45 @@ def test_no_token_or_secret_reaches_the_logs(sqlite_url: str) -> None:
     assert "INSERT" in text  # the capture saw the request's work
     for secret in (*tokens, TEST_SECRET):
         assert secret not in text
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as stderr in an interactive shell does."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_the_default_format() -> None:
+    assert Settings().log_format == "auto"
+
+
+def test_auto_writes_console_lines_on_a_terminal() -> None:
+    terminal = _Terminal()
+    try:
+        configure_logging(Settings(log_format="auto"), stream=terminal)
+        logger.bind(task_id=3).info("readable")
+        line = terminal.getvalue().splitlines()[0]
+        assert "readable" in line and "task_id=3" in line
+        assert not line.lstrip().startswith("{")
+        assert len(line) < 200
+    finally:
+        configure_logging(Settings())
+
+
+def test_auto_writes_json_lines_elsewhere(stream: io.StringIO) -> None:
+    configure_logging(Settings(log_format="auto"), stream=stream)
+    logger.info("for machines")
+    [record] = json_lines(stream)
+    assert record["message"] == "for machines"
+
+
+def test_the_default_sink_follows_sys_stderr(
+    monkeypatch: pytest.MonkeyPatch, stream: io.StringIO
+) -> None:
+    """Log lines go to whatever sys.stderr is when they are written (pytest's capture, a
+    redirect), not to the stream that was current when logging was configured."""
+    configure_logging(Settings(log_format="json"))
+    monkeypatch.setattr("sys.stderr", stream)
+    logger.info("captured")
+    assert json_lines(stream)[0]["message"] == "captured"

@@ -36,7 +36,7 @@ def test_defaults_match_the_contract_without_any_configuration(tmp_path: Path) -
         "reminders",
     )
     assert settings.better_auth_secret is None
-    assert (settings.log_level, settings.log_format) == ("INFO", "json")
+    assert (settings.log_level, settings.log_format) == ("INFO", "auto")
 
 
 def test_the_app_runs_with_no_configuration_at_all(tmp_path: Path) -> None:
@@ -232,3 +232,38 @@ def test_an_unusable_secret_file_is_replaced(tmp_path: Path, content: str) -> No
     secret = load_auth_secret(get_settings())
     assert len(secret.encode()) >= 32
     assert path.read_text().strip() == secret
+
+
+@pytest.mark.parametrize(
+    ("given", "read_as"),
+    [
+        ("postgres://u:p@db:5432/tasks", "postgresql+psycopg://u:p@db:5432/tasks"),
+        (
+            "postgresql://u@db/tasks?sslmode=require",
+            "postgresql+psycopg://u@db/tasks?sslmode=require",
+        ),
+        ("postgresql+psycopg://u@db/tasks", "postgresql+psycopg://u@db/tasks"),
+        ("sqlite:///./x.db", "sqlite:///./x.db"),
+        ("sqlite+pysqlite:////tmp/x.db", "sqlite+pysqlite:////tmp/x.db"),
+    ],
+)
+def test_database_url_spellings_that_work(
+    monkeypatch: pytest.MonkeyPatch, given: str, read_as: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", given)
+    assert get_settings().database_url == read_as
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg2://u@h/d", "postgresql+asyncpg://u@h/d", "mysql://u@h/d", "x"]
+)
+def test_unsupported_database_urls_say_which_forms_work(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        get_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid setting DATABASE_URL: ")
+    assert "postgresql+psycopg://user:password@host:5432/dbname" in message
+    assert "Value error" not in message

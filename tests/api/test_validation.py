@@ -69,6 +69,26 @@ def test_create_rejects_a_body_that_is_not_a_json_object(api: Api, alices_task: 
         assert api.state() == before
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"title": "x" * 201}, "String should have at most 200 characters"),
+        ({"title": "   "}, "String should have at least 1 character"),
+        ({"title": "ok", "description": "x" * 1001}, "String should have at most 1000 characters"),
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_length_messages_speak_of_characters(
+    api: Api, alices_task: int, body: dict[str, str], message: str, method: str
+) -> None:
+    path = "/api/alice/tasks" + ("" if method == "POST" else f"/{alices_task}")
+    response = api.client.request(method, path, json=body, headers=api.auth("alice"))
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["msg"] == message
+    assert "items" not in response.text
+
+
 def test_length_limits_count_the_trimmed_title(api: Api) -> None:
     longest = "x" * 200
     for title, stored in [(longest, longest), (f"  {longest}  ", longest), ("a", "a")]:
