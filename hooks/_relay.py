@@ -410,9 +410,10 @@ class OutboxRelay:
             per_topic[row.message.topic] = per_topic.get(row.message.topic, 0) + 1
         for topic, count in per_topic.items():
             self.metrics.published.labels(topic).inc(count)
-            keys = [r.message.key for r in settled.delivered if r.message.topic == topic]
-            logger.bind(topic=topic, count=count, task_ids=keys[:20], outcome="ok").info(
-                "{} events published", count
+        if settled.delivered:  # one line per round, not per event (T-015)
+            keys = list(dict.fromkeys(r.message.key for r in settled.delivered))
+            logger.bind(topics=per_topic, task_ids=keys[:20], outcome="ok").info(
+                "{} events published", len(settled.delivered)
             )
         step = max(1, len(settled.delivered) // LATENCY_SAMPLES)
         for row in settled.delivered[::step]:

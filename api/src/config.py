@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     relay_enabled: bool = True
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0, le=300)
-    # Seconds between a commit's wake-up and the relay's round (see docs/relay.md).
+    # The shortest adaptive-batching window of the relay, in seconds (docs/relay.md, T-016).
     relay_linger: float = Field(default=0.003, ge=0, le=1)
     relay_max_backoff: float = Field(default=30.0, gt=0, le=3600)
     relay_drain_timeout: float = Field(default=5.0, ge=0, le=300)
