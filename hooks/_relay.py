@@ -275,7 +275,12 @@ class OutboxRelay:
 
             listener = NotifyListener(self._engine, self._channel, self._wake, retry_soon)
             listener.start()
+            await asyncio.to_thread(listener.listening.wait, 5.0)
         pending = Settlement()  # sent, results not recorded yet
+        # A backlog: the next batch is read while this one is on the wire (its keys are left
+        # out of that read, so a key never has two events in flight).
+        flying: asyncio.Task[Settlement] | None = None
+        busy: frozenset[tuple[str, str]] = frozenset()
         confirm_at = 0.0
         try:
             while not (self._stopping and time.monotonic() >= self._drain_deadline):
@@ -283,39 +288,58 @@ class OutboxRelay:
                     if not await self._still_leader():
                         break
                     confirm_at = time.monotonic() + self._standby_interval
-                if self._schedule.paused_for() > 0:
+                if flying is None and self._schedule.paused_for() > 0:
                     pending = await self._record(pending)
                     if self._stopping:  # draining into a dead sidecar helps nobody
                         break
                     await self._wait_in_pause()
                     continue
-                self._last_round = time.monotonic()
-                pick = await self._round(pending, pick=True)
-                pending = Settlement()
+                if flying is None:
+                    self._last_round = time.monotonic()
+                pick = await self._round(pending, pick=True, busy=busy)
+                if pick is not None:
+                    pending = Settlement()
+                had_flying = flying is not None
+                if flying is not None:
+                    pending = pending.merged(await flying)
+                    flying, busy = None, frozenset()
                 if pick is None:  # database error: paused
                     continue
                 self._next_due = pick.next_due
                 await self._refresh_stats()
-                if pick.rows:
+                if pick.rows and self._schedule.paused_for() == 0:
                     if not await self._still_leader():  # checked before every send
                         break
-                    pending = await self._deliver(pick.rows)
+                    sending = asyncio.ensure_future(self._deliver(pick.rows))
+                    if pick.more:  # a backlog: read on while this batch is sent
+                        flying = sending
+                        busy = frozenset((r.message.topic, r.message.key) for r in pick.rows)
+                        continue
+                    pending = pending.merged(await sending)
                     took = time.monotonic() - self._last_round
-                    self._window = min(max(self._linger, DUTY_FACTOR * took), MAX_WINDOW)
-                    if pick.more or self._schedule.paused_for() > 0:
-                        continue  # a backlog: on at once (results ride with the next pick)
+                    self._window = max(self._linger, min(DUTY_FACTOR * took, MAX_WINDOW))
+                    if self._schedule.paused_for() > 0:
+                        continue
+                elif pick.rows or (pick.more and had_flying):
+                    continue  # paused meanwhile, or keys that were on the wire: look again
                 if self._stopping:
                     break
                 pending = await self._wait_for_work(pending)
         finally:
+            if flying is not None:
+                with contextlib.suppress(Exception):
+                    pending = pending.merged(await flying)
             with contextlib.suppress(Exception):
                 await self._record(pending)
             if listener is not None:
                 listener.stop()
 
-    async def _round(self, results: Settlement, *, pick: bool) -> Pick | None:
-        """Records `results`, then picks the next batch (one hop to the database thread);
-        None, and a pause, on a database error (the results are then recorded later)."""
+    async def _round(
+        self, results: Settlement, *, pick: bool, busy: frozenset[tuple[str, str]] = frozenset()
+    ) -> Pick | None:
+        """Records `results`, then picks the next batch, leaving out the `busy` keys (one hop
+        to the database thread); None, and a pause, on a database error (the results are
+        then recorded later)."""
         try:
             future = self._store.submit(
                 self._store.round,
@@ -325,6 +349,7 @@ class OutboxRelay:
                 batch_size=self._batch_size,
                 scan_limit=self._scan_limit,
                 paused=self._schedule.paused_topics(),
+                busy=busy,
             )
             return await asyncio.wrap_future(future)
         except Exception as exc:  # never leave the loop on a database error

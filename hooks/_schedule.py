@@ -44,6 +44,12 @@ class Settlement:
     delivered: list[OutboxRow] = field(default_factory=list)
     failures: list[tuple[OutboxRow, SendResult]] = field(default_factory=list)
 
+    def merged(self, other: Settlement) -> Settlement:
+        """Both rounds' rows to record (the counts were taken when each was settled)."""
+        if not (self.delete or self.retry):
+            return other
+        return Settlement(self.delete + other.delete, self.retry + other.retry)
+
 
 class Schedule:
     """Back-off for rows, topics and the whole relay; `base`..`cap` seconds, with jitter."""

@@ -184,6 +184,7 @@ class OutboxStore:
         batch_size: int,
         scan_limit: int,
         paused: frozenset[str],
+        busy: frozenset[Key] = frozenset(),
     ) -> Pick | None:
         """Records the last batch's results, then (unless `now` is None) picks the next one:
         one thread hop for both."""
@@ -197,24 +198,33 @@ class OutboxStore:
                 conn.execute(self._retry, list(retry))
         if now is None:
             return None
-        return self.pick(now=now, batch_size=batch_size, scan_limit=scan_limit, paused=paused)
+        return self.pick(
+            now=now, batch_size=batch_size, scan_limit=scan_limit, paused=paused, busy=busy
+        )
 
     def pick(
-        self, *, now: datetime, batch_size: int, scan_limit: int, paused: frozenset[str]
+        self,
+        *,
+        now: datetime,
+        batch_size: int,
+        scan_limit: int,
+        paused: frozenset[str],
+        busy: frozenset[Key] = frozenset(),
     ) -> Pick:
         """Pages from the outbox head until the batch is full, the table ends or `scan_limit`
-        rows were read (bounded time and memory for any backlog), all in one snapshot."""
+        rows were read (bounded time and memory for any backlog), all in one snapshot. Keys in
+        `busy` (a batch on the wire) are left out, with all their rows."""
         base = self._select
         if paused:
             base = base.where(self.table.c.topic.not_in(sorted(paused)))
         page = max(batch_size, 200)
         first = self._autocommit().execute(base.limit(page), {"now": now}).all()
         if len(first) < page or not self._needs_snapshot:
-            return self._scan(self._autocommit(), base, first, now, batch_size, scan_limit, page)
+            return self._scan(self._autocommit(), base, first, now, batch_size, scan_limit, busy)
         conn = self._snapshot()  # more than a page: read them all from one snapshot
         with conn.begin():
             first = conn.execute(base.limit(page), {"now": now}).all()
-            return self._scan(conn, base, first, now, batch_size, scan_limit, page)
+            return self._scan(conn, base, first, now, batch_size, scan_limit, busy)
 
     def _scan(
         self,
@@ -224,16 +234,17 @@ class OutboxStore:
         now: datetime,
         batch_size: int,
         scan_limit: int,
-        page: int,
+        busy: frozenset[Key],
     ) -> Pick:
+        page = max(batch_size, 200)
         pick = Pick()
-        seen: set[Key] = set()
+        seen: set[Key] = set(busy)
         picked: set[Key] = set()
         scanned = 0
         while True:
             for seq, event_id, topic, key, payload, attempts, waiting, created in chunk:
                 if (topic, key) in seen:  # a key's later rows wait for its first
-                    pick.more = pick.more or (topic, key) in picked
+                    pick.more = pick.more or (topic, key) in picked or (topic, key) in busy
                     continue
                 seen.add((topic, key))
                 if waiting is not None:

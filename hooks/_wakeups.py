@@ -114,6 +114,9 @@ class NotifyListener:
         self._on_retry = on_retry
         self._check_every = check_every
         self._stopped = threading.Event()
+        # Set once LISTEN is in place: the relay's first round waits for it (bounded), so no
+        # commit falls between its first read and the first notification it can hear.
+        self.listening = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -147,7 +150,9 @@ class NotifyListener:
             driver.autocommit = True
             quoted = self.engine.dialect.identifier_preparer.quote(self.channel)
             driver.execute(f"LISTEN {quoted}")
-            self._wake.notify()  # commits while we were not listening
+            if self.listening.is_set():
+                self._wake.notify()  # a reconnect: commits while we were not listening
+            self.listening.set()
             while not self._stopped.is_set():
                 for note in driver.notifies(timeout=self._check_every):
                     if note.payload == RETRY_NOTIFY_PAYLOAD:
