@@ -23,7 +23,7 @@ import enum
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -81,16 +81,12 @@ class RelayStatus:
         return self.state is RelayState.LEADER
 
     def as_dict(self) -> dict[str, Any]:
+        fields = asdict(self)
         return {
+            **fields,
             "state": self.state.value,
             "leader": self.leader,
-            "backlog": self.backlog,
-            "oldest_pending_age_seconds": self.oldest_pending_age_seconds,
-            "published": self.published,
-            "failed": self.failed,
-            "backing_off_seconds": self.backing_off_seconds,
             "paused_topics": list(self.paused_topics),
-            "last_error": self.last_error,
         }
 
 
@@ -337,9 +333,9 @@ class OutboxRelay:
     async def _round(
         self, results: Settlement, *, pick: bool, busy: frozenset[tuple[str, str]] = frozenset()
     ) -> Pick | None:
-        """Records `results`, then picks the next batch, leaving out the `busy` keys (one hop
-        to the database thread); None, and a pause, on a database error (the results are
-        then recorded later)."""
+        """Records `results`, then (with `pick`) picks the next batch leaving out the `busy`
+        keys: one hop to the database thread. None on a database error (the results are
+        recorded later; a failed pick pauses the relay)."""
         try:
             future = self._store.submit(
                 self._store.round,
@@ -351,33 +347,18 @@ class OutboxRelay:
                 paused=self._schedule.paused_topics(),
                 busy=busy,
             )
-            return await asyncio.wrap_future(future)
+            return await asyncio.wrap_future(future) or Pick()
         except Exception as exc:  # never leave the loop on a database error
-            self._next_due = None
             self._last_error = f"database: {type(exc).__name__}: {exc}"[:500]
             logger.bind(error=self._last_error).error("outbox relay database error")
-            self._schedule.pause()
+            if pick:
+                self._next_due = None
+                self._schedule.pause()
             return None
 
     async def _record(self, results: Settlement) -> Settlement:
         """Records `results` now; returns what is still to record (all of it on an error)."""
-        if not (results.delete or results.retry):
-            return results
-        try:
-            await asyncio.wrap_future(
-                self._store.submit(
-                    self._store.round,
-                    results.delete,
-                    results.retry,
-                    now=None,
-                    batch_size=0,
-                    scan_limit=0,
-                    paused=frozenset(),
-                )
-            )
-        except Exception as exc:  # kept: recorded with the next round, or re-sent
-            self._last_error = f"database: {type(exc).__name__}: {exc}"[:500]
-            logger.bind(error=self._last_error).error("outbox relay database error")
+        if (results.delete or results.retry) and await self._round(results, pick=False) is None:
             return results
         return Settlement()
 
