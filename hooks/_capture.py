@@ -25,7 +25,10 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -41,6 +44,10 @@ __all__ = ["Tracker", "install_flush_listeners", "tracker_for_mapper", "trackers
 _NO_VALUE: Any = sa.orm.attributes.NO_VALUE
 # Rows per `IN (...)` look-up.
 CHUNK = 500
+# Values that cannot change in place: for these, "the same object" means "the same value".
+_IMMUTABLE: frozenset[type] = frozenset(
+    {str, int, float, bool, bytes, type(None), datetime, date, time, timedelta, Decimal, UUID}
+)
 
 
 @dataclass(eq=False)
@@ -65,6 +72,11 @@ class Tracker:
 
     def __post_init__(self) -> None:
         self.configure(self.rule, self.sink_factory, self.ignore)
+        # The mapped attributes of the primary key: criteria built from them can be evaluated
+        # by synchronize_session="evaluate" (plain table columns cannot).
+        self.pk_attributes: tuple[Any, ...] = tuple(
+            getattr(self.mapper.class_, key) for key in self.pk_keys
+        )
         self._by_identity = self._identity_select()
         self.deferred_keys = frozenset(
             prop.key for prop in self.mapper.column_attrs if prop.key in self.keys and prop.deferred
@@ -199,10 +211,42 @@ class Tracker:
         if before:
             _buffer_for(state).before_update[state] = before
 
+    def flagged(self, state: InstanceState[Any], initiator: Any) -> None:
+        """Attribute `modified` event: `flag_modified()` is about to forget the old value.
+
+        `flag_modified(obj, key)` stores NO_VALUE in `committed_state` (also over an old value
+        that was there), which alone would report a change with `old: null` even when nothing
+        changed (T-014: no event for a non-change). It fires this event first: keep the value
+        the row still has, so `after_update` compares against it.
+        """
+        key = initiator.key
+        committed = state.committed_state
+        if key in committed:
+            previous = committed[key]
+            if previous is _NO_VALUE:
+                return  # flagged again before the flush: the first flag kept the old value
+        else:
+            # Unchanged since loaded: the current value is the stored one, unless it is a
+            # mutable object changed in place (MutableDict): then the old value is unknown.
+            previous = state.dict.get(key, _NO_VALUE)
+            if type(previous) not in _IMMUTABLE:
+                previous = _NO_VALUE
+        stash = _flagged.get(state)
+        if stash is None:
+            stash = _flagged[state] = {}
+        stash[key] = previous
+
     def after_update(
         self, mapper: Mapper[Any], connection: Connection, state: InstanceState[Any]
     ) -> None:
         committed: Mapping[str, Any] = state.committed_state
+        if _flagged:
+            flagged = _flagged.pop(state, None)
+            if flagged:
+                committed = {
+                    **committed,
+                    **{k: v for k, v in flagged.items() if committed.get(k) is _NO_VALUE},
+                }
         if self.onupdate_keys:
             before = _buffer_for(state).before_update.pop(state, None)
             if before:
@@ -314,6 +358,10 @@ class _FlushBuffer:
 
 
 _pending: weakref.WeakKeyDictionary[Session, _FlushBuffer] = weakref.WeakKeyDictionary()
+# Old values `flag_modified()` would have discarded, per object (see `Tracker.flagged`).
+_flagged: weakref.WeakKeyDictionary[InstanceState[Any], dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _buffer_for(state: InstanceState[Any]) -> _FlushBuffer:

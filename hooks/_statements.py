@@ -90,17 +90,34 @@ def _capture_insert(state: ORMExecuteState, tracker: Tracker) -> Result[Any]:
     labels = _labels(tracker)
     # `returning_column_descriptions` breaks for `returning(Model)` in some versions.
     user_columns = len(getattr(statement, "_returning", ()))
-    if user_columns == 0 and not (many and state.is_orm_statement):
+    from_select = getattr(statement, "select", None) is not None
+    result: Any
+    outcome: Result[Any]
+    if user_columns == 0 and from_select:
+        # INSERT ... FROM SELECT: return_defaults() fetches nothing for it (the rows would be
+        # written without events); RETURNING names every new row. The caller gets the
+        # statement's own result, its rows consumed (`rowcount` kept: the ORM would wrap a
+        # RETURNING result into one without it, so it runs on the session's connection, as
+        # the ORM itself runs an INSERT ... FROM SELECT: no objects to synchronise).
+        parameters: Any = state.parameters or {}
+        result = connection.execute(
+            statement.returning(*labels),
+            dict(parameters),
+            execution_options={**state.execution_options, "preserve_rowcount": True},
+        )
+        rows = [list(row) for row in result]
+        outcome = result
+    elif user_columns == 0 and not (many and state.is_orm_statement):
         # The caller asked for no rows: keep the result they would have had
         # (inserted_primary_key, rowcount) and read ours from returned_defaults_rows.
-        result: Any = state.invoke_statement(
+        result = state.invoke_statement(
             statement=statement.return_defaults(supplemental_cols=labels)
         )
         rows = [
             [row._mapping[label.name] for label in labels]
             for row in result.returned_defaults_rows or ()
         ]
-        outcome: Result[Any] = result
+        outcome = result
     elif user_columns == 0:
         # ORM bulk INSERT (executemany): its result has no rows for the caller anyway.
         result = state.invoke_statement(
@@ -134,6 +151,8 @@ def _capture_insert(state: ORMExecuteState, tracker: Tracker) -> Result[Any]:
 
 def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[Any]:
     session = state.session
+    if state.is_update:
+        _refuse_primary_key_change(state, tracker)
     # The ORM would autoflush only when running the statement: do it now, so the pre-read sees
     # pending changes and their events come first.
     if session.autoflush and state.execution_options.get("autoflush", True):
@@ -181,6 +200,22 @@ def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[A
     return result
 
 
+def _refuse_primary_key_change(state: ORMExecuteState, tracker: Tracker) -> None:
+    """Rows are identified by primary key: an UPDATE that sets one is refused up front."""
+    statement: Any = state.statement
+    keys: list[Any] = list(getattr(statement, "_values", None) or ())
+    keys += [key for key, _ in getattr(statement, "_ordered_values", None) or ()]
+    names = set(tracker.pk_keys) | {column.name for column in tracker.pk_columns}
+    for key in keys:
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        if name in names:
+            raise UnsupportedWritePath(
+                f"UPDATE of {tracker.name!r} through the session sets the primary key "
+                f"({name}); the hooks identify rows by primary key: delete the row and insert "
+                "a new one instead"
+            )
+
+
 def _rows_before(
     connection: Connection, tracker: Tracker, state: ORMExecuteState
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -219,7 +254,7 @@ def _identity_filter(
     tracker: Tracker, identities: list[tuple[Any, ...]], dialect: str
 ) -> sa.ColumnElement[bool]:
     if len(tracker.pk_columns) == 1:
-        column = tracker.pk_columns[0]
+        column = tracker.pk_attributes[0]
         ids = [identity[0] for identity in identities]
         if dialect == "postgresql" and len(ids) > _MAX_IN_LIST:
             # One array parameter instead of more binds than the protocol allows (65,535).
@@ -227,7 +262,7 @@ def _identity_filter(
 
             return column == sa.any_(sa.bindparam("hooks_ids", ids, type_=ARRAY(column.type)))
         return column.in_(ids)
-    return sa.tuple_(*tracker.pk_columns).in_(identities)
+    return sa.tuple_(*tracker.pk_attributes).in_(identities)
 
 
 def _sort_key(identity: tuple[Any, ...]) -> tuple[Any, ...]:
