@@ -44,6 +44,8 @@ __all__ = ["Tracker", "install_flush_listeners", "tracker_for_mapper", "trackers
 _NO_VALUE: Any = sa.orm.attributes.NO_VALUE
 # Rows per `IN (...)` look-up.
 CHUNK = 500
+# Rows per `= ANY(:array)` look-up (PostgreSQL).
+ARRAY_CHUNK = 10_000
 # Values that cannot change in place: for these, "the same object" means "the same value".
 _IMMUTABLE: frozenset[type] = frozenset(
     {str, int, float, bool, bytes, type(None), datetime, date, time, timedelta, Decimal, UUID}
@@ -69,6 +71,7 @@ class Tracker:
     # Columns the UPDATE itself sets (onupdate): they never enter committed_state.
     onupdate_keys: tuple[str, ...] = ()
     deferred_keys: frozenset[str] = frozenset()
+    _array_select: sa.Select[Any] | None = None
 
     def __post_init__(self) -> None:
         self.configure(self.rule, self.sink_factory, self.ignore)
@@ -103,6 +106,21 @@ class Tracker:
             for key, column in zip(self.keys, self.columns, strict=True)
             if key not in ignored
         )
+        # Keys whose type compares with plain `==` (nearly all): compared inline in `differs`.
+        self._plain = tuple(
+            key
+            for key, column in zip(self.keys, self.columns, strict=True)
+            if key not in ignored and _plain_equality(column.type)
+        )
+        self._custom = tuple((k, eq) for k, eq in self.compared if k not in self._plain)
+
+    def differs(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> frozenset[str]:
+        """The compared columns whose value differs between two full rows."""
+        changed = [key for key in self._plain if old[key] != new[key]]
+        for key, equal in self._custom:
+            if not equal(old[key], new[key]):
+                changed.append(key)
+        return frozenset(changed)
 
     @property
     def name(self) -> str:
@@ -124,6 +142,18 @@ class Tracker:
             where = sa.tuple_(*self.pk_columns).in_(ids)
         return sa.select(*self.columns).where(where).order_by(*self.pk_columns)
 
+    def _by_identity_array(self) -> sa.Select[Any]:
+        statement = self._array_select
+        if statement is None:
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            column = self.pk_columns[0]
+            ids = sa.bindparam("hooks_ids", type_=ARRAY(column.type))
+            statement = self._array_select = (
+                sa.select(*self.columns).where(column == sa.any_(ids)).order_by(column)
+            )
+        return statement
+
     def load_rows(
         self,
         connection: Connection,
@@ -133,10 +163,16 @@ class Tracker:
     ) -> dict[tuple[Any, ...], dict[str, Any]]:
         """Current rows by identity, read on `connection` (inside the caller's transaction)."""
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
-        statement = self._by_identity.with_for_update(of=self.table) if lock else self._by_identity
         single = len(self.pk_keys) == 1
-        for start in range(0, len(identities), CHUNK):
-            chunk = identities[start : start + CHUNK]
+        statement, size = self._by_identity, CHUNK
+        if single and connection.dialect.name == "postgresql":
+            # One array parameter per 10,000 rows instead of 500 expanded binds (bulk
+            # statements: T-019).
+            statement, size = self._by_identity_array(), ARRAY_CHUNK
+        if lock:
+            statement = statement.with_for_update(of=self.table)
+        for start in range(0, len(identities), size):
+            chunk = identities[start : start + size]
             ids: list[Any] = [identity[0] for identity in chunk] if single else list(chunk)
             for values in connection.execute(statement, {"hooks_ids": ids}):
                 row = self.row_from_db(values)
@@ -302,6 +338,15 @@ class Tracker:
         messages = self.derive(change)
         if messages:
             _buffer_for(state).items.append((self, connection, messages))
+
+
+def _plain_equality(column_type: sa.types.TypeEngine[Any]) -> bool:
+    """True when the type's `compare_values` is the default `x == y`."""
+    while isinstance(column_type, sa.types.TypeDecorator):
+        if type(column_type).compare_values is not sa.types.TypeDecorator.compare_values:
+            return False
+        column_type = column_type.impl_instance
+    return type(column_type).compare_values is sa.types.TypeEngine.compare_values
 
 
 def _state_identity(state: InstanceState[Any], tracker: Tracker) -> tuple[Any, ...]:

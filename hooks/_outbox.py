@@ -42,6 +42,14 @@ _COLUMNS = ("event_id", "topic", "partition_key", "payload")
 _TIME_COLUMNS = ("created_at", "next_attempt_at")
 # Rows per statement: far inside every driver's bound-parameter limit (SQLite: 32766).
 MAX_ROWS_PER_STATEMENT = 500
+# Above this many messages, a statement whose text does not depend on the row count (T-014,
+# bulk statements): psycopg parses a query's placeholders in Python for every execution of
+# a long text (it caches only short ones), which for 500-row VALUES lists cost more than all
+# the rest of the hooks' work. PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) per
+# chunk; SQLite: executemany of the one-row INSERT (prepared once by the driver).
+BULK_THRESHOLD = 16
+# Rows per bulk statement: bounds the memory a statement's parameters take.
+BULK_CHUNK = 1000
 # Compiled statements kept (per dialect, row count and notify flag).
 _CACHE_SIZE = 256
 
@@ -106,6 +114,12 @@ class OutboxSink:
         dialect = connection.dialect
         notify = self.notify_channel is not None and dialect.name == "postgresql"
         now = self._processed_time(dialect, self._clock())
+        if len(messages) > BULK_THRESHOLD:
+            bulk = self._bulk_sql(dialect, notify)
+            if bulk is not None:
+                self._write_bulk(connection, dialect.name, bulk, messages, now)
+                defer_until_commit(session, self)
+                return
         for start in range(0, len(messages), MAX_ROWS_PER_STATEMENT):
             chunk = messages[start : start + MAX_ROWS_PER_STATEMENT]
             compiled = self._statement(dialect, len(chunk), notify)
@@ -122,6 +136,55 @@ class OutboxSink:
             else:
                 _execute(connection, compiled.sql, tuple(params[name] for name in compiled.order))
         defer_until_commit(session, self)
+
+    def _write_bulk(
+        self, connection: Connection, dialect: str, sql: str, messages: Sequence[Message], now: Any
+    ) -> None:
+        for start in range(0, len(messages), BULK_CHUNK):
+            chunk = messages[start : start + BULK_CHUNK]
+            if dialect == "postgresql":
+                params: dict[str, Any] = {
+                    "ids": [m.id for m in chunk],
+                    "topics": [m.topic for m in chunk],
+                    "keys": [m.key for m in chunk],
+                    "bodies": [m.body for m in chunk],
+                    "now": now,
+                    "channel": self.notify_channel,
+                }
+            else:
+                params = [(m.id, m.topic, m.key, m.body, now, now) for m in chunk]  # type: ignore[assignment]
+            # Public API: one statement per chunk, so SQLAlchemy's per-execution overhead
+            # (execution context, result) does not matter here.
+            connection.exec_driver_sql(sql, params).close()
+
+    def _bulk_sql(self, dialect: Dialect, notify: bool) -> str | None:
+        """The fixed-shape bulk INSERT for `dialect`, or None (then multi-row VALUES)."""
+        key = (dialect, -1, notify)
+        compiled = self._compiled.get(key)
+        if compiled is not None:
+            return compiled.sql
+        preparer = dialect.identifier_preparer
+        table = preparer.format_table(self.table)
+        columns = ", ".join(preparer.quote(name) for name in (*_COLUMNS, *_TIME_COLUMNS))
+        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+            # Rows in array order (WITH ORDINALITY ... ORDER BY), so `seq` follows the messages.
+            # `%(name)b`: psycopg sends the arrays in binary; as text it would escape every
+            # quote of every JSON payload in Python (3x the cost of everything else).
+            sql = (
+                f"INSERT INTO {table} ({columns}) SELECT u.e, u.t, u.k, u.p, %(now)s, %(now)s "
+                "FROM unnest(%(ids)b::text[], %(topics)b::text[], %(keys)b::text[], "
+                "%(bodies)b::text[]) WITH ORDINALITY AS u(e, t, k, p, n) ORDER BY u.n"
+            )
+            if notify:
+                # One pg_notify per statement (not per row); delivered at commit only.
+                sql = f"WITH hooks_rows AS ({sql}) SELECT pg_notify(%(channel)s, '')"
+        elif dialect.name == "sqlite" and dialect.paramstyle == "qmark":
+            sql = f"INSERT INTO {table} ({columns}) VALUES (?, ?, ?, ?, ?, ?)"
+        else:
+            return None
+        with self._lock:
+            self._compiled[key] = _Compiled(sql=sql, order=None)
+        return sql
 
     # -- CommitHandler -------------------------------------------------------------------------
 

@@ -176,26 +176,36 @@ def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[A
     if not before:
         return result
 
-    identities = list(before)
-    after = tracker.load_rows(connection, identities)
+    name = tracker.name
     changes: list[RowChange] = []
     if state.is_delete:
-        for identity, old in before.items():
-            if identity not in after:
-                changes.append(RowChange("delete", tracker.name, identity, old, {}))
+        rowcount = getattr(result, "rowcount", None)
+        if rowcount == len(before):
+            # Every row read (and locked) is gone: no need to read them again (T-019 bulk
+            # deletes: one SELECT, not two).
+            changes = [
+                RowChange("delete", name, identity, old, {}) for identity, old in before.items()
+            ]
+        else:
+            after = tracker.load_rows(connection, list(before))
+            changes = [
+                RowChange("delete", name, identity, old, {})
+                for identity, old in before.items()
+                if identity not in after
+            ]
     else:
+        after = tracker.load_rows(connection, list(before))
+        differs = tracker.differs
         for identity, old in before.items():
             new = after.get(identity)
             if new is None:
                 raise UnsupportedWritePath(
-                    f"UPDATE of {tracker.name!r} through the session changed or removed the "
+                    f"UPDATE of {name!r} through the session changed or removed the "
                     f"primary key of row {identity!r}; the hooks identify rows by primary key"
                 )
-            changed = frozenset(
-                key for key, equal in tracker.compared if not equal(old[key], new[key])
-            )
+            changed = differs(old, new)
             if changed:
-                changes.append(RowChange("update", tracker.name, identity, old, new, changed))
+                changes.append(RowChange("update", name, identity, old, new, changed))
     _write(session, connection, tracker, changes)
     return result
 
@@ -244,6 +254,8 @@ def _rows_before(
             found.setdefault(tracker.identity_of(row), row)
         if where is None:
             break  # every parameter set touches every row
+    if len(parameter_sets) == 1 or where is None:
+        return found  # already in primary-key order (ORDER BY)
     return dict(sorted(found.items(), key=lambda item: _sort_key(item[0])))
 
 
@@ -273,14 +285,20 @@ def _has_keys(params: Mapping[str, Any], keys: Sequence[str]) -> bool:
     return all(key in params for key in keys)
 
 
+# Changes derived and written per sink call: bounds the messages held at once (T-014).
+WRITE_CHUNK = 1000
+
+
 def _write(
     session: Session, connection: Connection, tracker: Tracker, changes: list[RowChange]
 ) -> None:
-    messages: list[Message] = []
-    for change in changes:
-        messages.extend(tracker.rule(change))
-    if messages:
-        write_messages(session, [(tracker, connection, messages)])
+    rule = tracker.rule
+    for start in range(0, len(changes), WRITE_CHUNK):
+        messages: list[Message] = []
+        for change in changes[start : start + WRITE_CHUNK]:
+            messages.extend(rule(change))
+        if messages:
+            write_messages(session, [(tracker, connection, messages)])
 
 
 _installed = False
