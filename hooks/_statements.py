@@ -160,19 +160,33 @@ def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[A
     connection = session.connection(bind_arguments=state.bind_arguments)
     before = _rows_before(connection, tracker, state)
 
-    if state.is_executemany or connection.dialect.name == "sqlite":
-        # SQLite: the transaction holds the database's write lock, nobody can slip in.
-        result = state.invoke_statement()
-    else:
+    statement: Any = state.statement  # an Update or Delete here
+    dialect = connection.dialect
+    restrict = not state.is_executemany and dialect.name != "sqlite"
+    if restrict:
         # Only the rows read (and locked) above may change: under READ COMMITTED a row another
         # transaction commits into the WHERE clause meanwhile would otherwise change without
         # an event. The statement then acts as if it had run just before that commit.
-        statement: Any = state.statement  # an Update or Delete here
-        result = state.invoke_statement(
-            statement=statement.where(
-                _identity_filter(tracker, list(before), connection.dialect.name)
-            )
-        )
+        # (SQLite: the transaction holds the database's write lock, nobody can slip in.)
+        statement = statement.where(_identity_filter(tracker, list(before), dialect.name))
+    labels: list[sa.Label[Any]] | None = None
+    if (
+        state.is_update
+        and before
+        and not state.is_executemany
+        and dialect.update_returning
+        and not getattr(statement, "_returning", ())
+        and not getattr(statement, "_return_defaults", False)
+    ):
+        # The new rows come back with the UPDATE itself (RETURNING, as supplemental columns
+        # of return_defaults(): the caller's result keeps its rowcount), instead of a second
+        # SELECT (T-019 bulk updates).
+        labels = _labels(tracker)
+        statement = statement.return_defaults(supplemental_cols=labels)
+    if restrict or labels is not None:
+        result = state.invoke_statement(statement=statement)
+    else:
+        result = state.invoke_statement()
     if not before:
         return result
 
@@ -194,7 +208,25 @@ def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[A
                 if identity not in after
             ]
     else:
-        after = tracker.load_rows(connection, list(before))
+        if labels is not None:
+            after = {}
+            keys = [label.name for label in labels]
+            for returned in getattr(result, "returned_defaults_rows", None) or ():
+                mapping = returned._mapping
+                row = tracker.row_from_db([mapping[key] for key in keys])
+                identity = tracker.identity_of(row)
+                if identity not in before:
+                    raise UnsupportedWritePath(
+                        f"UPDATE of {name!r} through the session changed the primary key of "
+                        f"a row (now {identity!r}); the hooks identify rows by primary key"
+                    )
+                after[identity] = row
+            missing = [identity for identity in before if identity not in after]
+            if missing:  # not updated after all (cannot happen while the rows are locked)
+                for identity in missing:
+                    before.pop(identity)
+        else:
+            after = tracker.load_rows(connection, list(before))
         differs = tracker.differs
         for identity, old in before.items():
             new = after.get(identity)
