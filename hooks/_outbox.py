@@ -12,6 +12,7 @@ which the server delivers only at commit, so relays in other processes wake too.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -238,20 +239,38 @@ class OutboxSink:
         return _Compiled(sql=str(compiled), order=order)
 
 
+def _private_cursor_execute_fits() -> bool:
+    """Whether `Connection._cursor_execute` still has the signature this module relies on."""
+    method = getattr(Connection, "_cursor_execute", None)
+    if method is None:
+        return False
+    try:
+        names = list(inspect.signature(method).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - a compiled method without a signature
+        return False
+    return names[:5] == ["self", "cursor", "statement", "parameters", "context"]
+
+
+# Checked once; tests/hooks/test_outbox_writer.py fails loudly when it turns False.
+PRIVATE_CURSOR_EXECUTE = _private_cursor_execute_fits()
+
+
 def _execute(connection: Connection, sql: str, parameters: Any) -> None:
-    """Runs the INSERT on a plain DBAPI cursor of `connection`.
+    """Runs the small per-flush INSERT on a plain DBAPI cursor of `connection`.
 
     `Connection._cursor_execute` is what SQLAlchemy itself uses for its one-off statements
     (sequences, column defaults): it fires `before/after_cursor_execute`, echoes and wraps
     driver errors in `sqlalchemy.exc.DBAPIError`, without building an execution context and a
-    result: about a third of the outbox write's cost (issue 4). Private, so checked for.
+    result. Private, so used only while its signature is the expected one (else the public
+    `exec_driver_sql`); a test pins it. Measured (docs/benchmarks.md, issue 16): the public
+    path costs +5 µs of CPU per flush on SQLite and +40 µs on PostgreSQL (its RETURNING
+    pg_notify makes a result object), 7-9% of a single task write's CPU there.
     """
-    cursor_execute = getattr(connection, "_cursor_execute", None)
-    if cursor_execute is None:  # pragma: no cover - every supported SQLAlchemy has it
+    if not PRIVATE_CURSOR_EXECUTE:
         connection.exec_driver_sql(sql, parameters).close()
         return
     cursor = connection.connection.cursor()
     try:
-        cursor_execute(cursor, sql, parameters, None)
+        connection._cursor_execute(cursor, sql, parameters, None)
     finally:
         cursor.close()
