@@ -129,7 +129,9 @@ class Tracker:
     # -- rows ----------------------------------------------------------------------------------
 
     def identity_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(row[key] for key in self.pk_keys)
+        if len(self.pk_keys) == 1:
+            return (row[self.pk_keys[0]],)
+        return tuple([row[key] for key in self.pk_keys])
 
     def row_from_db(self, values: Sequence[Any]) -> dict[str, Any]:
         return dict(zip(self.keys, values, strict=True))

@@ -227,12 +227,17 @@ def _due(row: Mapping[str, Any]) -> datetime | None:
 
 def _utc(value: datetime) -> datetime:
     # Naive values are UTC (what the database stores); aware ones are converted.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    tz = value.tzinfo
+    if tz is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
 
 
 def _ordered(names: frozenset[str], row: Mapping[str, Any]) -> list[str]:
     """Changed fields in column order (stable JSON); unknown names last, sorted."""
     known = [name for name in row if name in names]
+    if len(known) == len(names):
+        return known
     return known + sorted(names.difference(known))
 
 
