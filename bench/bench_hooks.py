@@ -2,7 +2,7 @@
 hooks on versus hooks off, in the same run, on a SQLite file and on PostgreSQL.
 
     python -m bench.bench_hooks [--ops 400] [--rounds 6] [--only sqlite|postgresql]
-                                [--pg-url URL] [--clock wall|cpu]
+                                [--pg-url URL] [--sqlite-url URL] [--clock wall|cpu]
 
 "Hooks on" is the real `Task` model with its real hooks and `DAPR_ENABLED=true`: capture,
 Task derivation (2-3 CloudEvents per change) and the outbox INSERT (+ `pg_notify` on
@@ -314,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir", default=None, help="directory for the SQLite file")
     parser.add_argument(
+        "--sqlite-url",
+        default=None,
+        help="SQLite URL instead of a temporary file; sqlite:// (in memory) leaves the disk out "
+        "and shows the hooks' own work",
+    )
+    parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
         default="wall",
@@ -338,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     def measure(url: str) -> Timings:
         return run(url, ops=args.ops, rounds=args.rounds, warmup=args.warmup, clock=args.clock)
 
-    if args.only in (None, "sqlite"):
+    if args.only in (None, "sqlite") and args.sqlite_url:
+        lines += report("SQLite (given URL)", measure(args.sqlite_url))
+    elif args.only in (None, "sqlite"):
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             lines += report("SQLite file", measure(f"sqlite:///{Path(tmp) / 'bench.db'}"))
     if args.only in (None, "postgresql"):
