@@ -90,17 +90,34 @@ def _capture_insert(state: ORMExecuteState, tracker: Tracker) -> Result[Any]:
     labels = _labels(tracker)
     # `returning_column_descriptions` breaks for `returning(Model)` in some versions.
     user_columns = len(getattr(statement, "_returning", ()))
-    if user_columns == 0 and not (many and state.is_orm_statement):
+    from_select = getattr(statement, "select", None) is not None
+    result: Any
+    outcome: Result[Any]
+    if user_columns == 0 and from_select:
+        # INSERT ... FROM SELECT: return_defaults() fetches nothing for it (the rows would be
+        # written without events); RETURNING names every new row. The caller gets the
+        # statement's own result, its rows consumed (`rowcount` kept: the ORM would wrap a
+        # RETURNING result into one without it, so it runs on the session's connection, as
+        # the ORM itself runs an INSERT ... FROM SELECT: no objects to synchronise).
+        parameters: Any = state.parameters or {}
+        result = connection.execute(
+            statement.returning(*labels),
+            dict(parameters),
+            execution_options={**state.execution_options, "preserve_rowcount": True},
+        )
+        rows = [list(row) for row in result]
+        outcome = result
+    elif user_columns == 0 and not (many and state.is_orm_statement):
         # The caller asked for no rows: keep the result they would have had
         # (inserted_primary_key, rowcount) and read ours from returned_defaults_rows.
-        result: Any = state.invoke_statement(
+        result = state.invoke_statement(
             statement=statement.return_defaults(supplemental_cols=labels)
         )
         rows = [
             [row._mapping[label.name] for label in labels]
             for row in result.returned_defaults_rows or ()
         ]
-        outcome: Result[Any] = result
+        outcome = result
     elif user_columns == 0:
         # ORM bulk INSERT (executemany): its result has no rows for the caller anyway.
         result = state.invoke_statement(
@@ -134,6 +151,8 @@ def _capture_insert(state: ORMExecuteState, tracker: Tracker) -> Result[Any]:
 
 def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[Any]:
     session = state.session
+    if state.is_update:
+        _refuse_primary_key_change(state, tracker)
     # The ORM would autoflush only when running the statement: do it now, so the pre-read sees
     # pending changes and their events come first.
     if session.autoflush and state.execution_options.get("autoflush", True):
@@ -141,44 +160,102 @@ def _capture_update_delete(state: ORMExecuteState, tracker: Tracker) -> Result[A
     connection = session.connection(bind_arguments=state.bind_arguments)
     before = _rows_before(connection, tracker, state)
 
-    if state.is_executemany or connection.dialect.name == "sqlite":
-        # SQLite: the transaction holds the database's write lock, nobody can slip in.
-        result = state.invoke_statement()
-    else:
+    statement: Any = state.statement  # an Update or Delete here
+    dialect = connection.dialect
+    restrict = not state.is_executemany and dialect.name != "sqlite"
+    if restrict:
         # Only the rows read (and locked) above may change: under READ COMMITTED a row another
         # transaction commits into the WHERE clause meanwhile would otherwise change without
         # an event. The statement then acts as if it had run just before that commit.
-        statement: Any = state.statement  # an Update or Delete here
-        result = state.invoke_statement(
-            statement=statement.where(
-                _identity_filter(tracker, list(before), connection.dialect.name)
-            )
-        )
+        # (SQLite: the transaction holds the database's write lock, nobody can slip in.)
+        statement = statement.where(_identity_filter(tracker, list(before), dialect.name))
+    labels: list[sa.Label[Any]] | None = None
+    if (
+        state.is_update
+        and before
+        and not state.is_executemany
+        and dialect.update_returning
+        and not getattr(statement, "_returning", ())
+        and not getattr(statement, "_return_defaults", False)
+    ):
+        # The new rows come back with the UPDATE itself (RETURNING, as supplemental columns
+        # of return_defaults(): the caller's result keeps its rowcount), instead of a second
+        # SELECT (T-019 bulk updates).
+        labels = _labels(tracker)
+        statement = statement.return_defaults(supplemental_cols=labels)
+    if restrict or labels is not None:
+        result = state.invoke_statement(statement=statement)
+    else:
+        result = state.invoke_statement()
     if not before:
         return result
 
-    identities = list(before)
-    after = tracker.load_rows(connection, identities)
+    name = tracker.name
     changes: list[RowChange] = []
     if state.is_delete:
-        for identity, old in before.items():
-            if identity not in after:
-                changes.append(RowChange("delete", tracker.name, identity, old, {}))
+        rowcount = getattr(result, "rowcount", None)
+        if rowcount == len(before):
+            # Every row read (and locked) is gone: no need to read them again (T-019 bulk
+            # deletes: one SELECT, not two).
+            changes = [
+                RowChange("delete", name, identity, old, {}) for identity, old in before.items()
+            ]
+        else:
+            after = tracker.load_rows(connection, list(before))
+            changes = [
+                RowChange("delete", name, identity, old, {})
+                for identity, old in before.items()
+                if identity not in after
+            ]
     else:
+        if labels is not None:
+            after = {}
+            keys = [label.name for label in labels]
+            for returned in getattr(result, "returned_defaults_rows", None) or ():
+                mapping = returned._mapping
+                row = tracker.row_from_db([mapping[key] for key in keys])
+                identity = tracker.identity_of(row)
+                if identity not in before:
+                    raise UnsupportedWritePath(
+                        f"UPDATE of {name!r} through the session changed the primary key of "
+                        f"a row (now {identity!r}); the hooks identify rows by primary key"
+                    )
+                after[identity] = row
+            missing = [identity for identity in before if identity not in after]
+            if missing:  # not updated after all (cannot happen while the rows are locked)
+                for identity in missing:
+                    before.pop(identity)
+        else:
+            after = tracker.load_rows(connection, list(before))
+        differs = tracker.differs
         for identity, old in before.items():
             new = after.get(identity)
             if new is None:
                 raise UnsupportedWritePath(
-                    f"UPDATE of {tracker.name!r} through the session changed or removed the "
+                    f"UPDATE of {name!r} through the session changed or removed the "
                     f"primary key of row {identity!r}; the hooks identify rows by primary key"
                 )
-            changed = frozenset(
-                key for key, equal in tracker.compared if not equal(old[key], new[key])
-            )
+            changed = differs(old, new)
             if changed:
-                changes.append(RowChange("update", tracker.name, identity, old, new, changed))
+                changes.append(RowChange("update", name, identity, old, new, changed))
     _write(session, connection, tracker, changes)
     return result
+
+
+def _refuse_primary_key_change(state: ORMExecuteState, tracker: Tracker) -> None:
+    """Rows are identified by primary key: an UPDATE that sets one is refused up front."""
+    statement: Any = state.statement
+    keys: list[Any] = list(getattr(statement, "_values", None) or ())
+    keys += [key for key, _ in getattr(statement, "_ordered_values", None) or ()]
+    names = set(tracker.pk_keys) | {column.name for column in tracker.pk_columns}
+    for key in keys:
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        if name in names:
+            raise UnsupportedWritePath(
+                f"UPDATE of {tracker.name!r} through the session sets the primary key "
+                f"({name}); the hooks identify rows by primary key: delete the row and insert "
+                "a new one instead"
+            )
 
 
 def _rows_before(
@@ -209,6 +286,8 @@ def _rows_before(
             found.setdefault(tracker.identity_of(row), row)
         if where is None:
             break  # every parameter set touches every row
+    if len(parameter_sets) == 1 or where is None:
+        return found  # already in primary-key order (ORDER BY)
     return dict(sorted(found.items(), key=lambda item: _sort_key(item[0])))
 
 
@@ -219,7 +298,7 @@ def _identity_filter(
     tracker: Tracker, identities: list[tuple[Any, ...]], dialect: str
 ) -> sa.ColumnElement[bool]:
     if len(tracker.pk_columns) == 1:
-        column = tracker.pk_columns[0]
+        column = tracker.pk_attributes[0]
         ids = [identity[0] for identity in identities]
         if dialect == "postgresql" and len(ids) > _MAX_IN_LIST:
             # One array parameter instead of more binds than the protocol allows (65,535).
@@ -227,7 +306,7 @@ def _identity_filter(
 
             return column == sa.any_(sa.bindparam("hooks_ids", ids, type_=ARRAY(column.type)))
         return column.in_(ids)
-    return sa.tuple_(*tracker.pk_columns).in_(identities)
+    return sa.tuple_(*tracker.pk_attributes).in_(identities)
 
 
 def _sort_key(identity: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -238,14 +317,20 @@ def _has_keys(params: Mapping[str, Any], keys: Sequence[str]) -> bool:
     return all(key in params for key in keys)
 
 
+# Changes derived and written per sink call: bounds the messages held at once (T-014).
+WRITE_CHUNK = 1000
+
+
 def _write(
     session: Session, connection: Connection, tracker: Tracker, changes: list[RowChange]
 ) -> None:
-    messages: list[Message] = []
-    for change in changes:
-        messages.extend(tracker.rule(change))
-    if messages:
-        write_messages(session, [(tracker, connection, messages)])
+    rule = tracker.rule
+    for start in range(0, len(changes), WRITE_CHUNK):
+        messages: list[Message] = []
+        for change in changes[start : start + WRITE_CHUNK]:
+            messages.extend(rule(change))
+        if messages:
+            write_messages(session, [(tracker, connection, messages)])
 
 
 _installed = False

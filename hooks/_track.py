@@ -117,6 +117,8 @@ def track(
             # The old value must be in history also when the attribute was expired (after a
             # commit) when assigned: active_history loads it first.
             _listen(tracker, getattr(model, key), "set", _keep_history, active_history=True)
+            # flag_modified(): keep the old value it overwrites (no phantom update).
+            _listen(tracker, getattr(model, key), "modified", tracker.flagged, raw=True)
         register(tracker)
         _trackers[model] = tracker
         return tracker

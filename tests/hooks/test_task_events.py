@@ -129,6 +129,35 @@ def test_task_lifecycle_through_a_session(task_engine: sa.Engine) -> None:
     assert updated["task"]["updated_at"] > events[0]["data"]["task"]["updated_at"]
 
 
+def test_the_two_breaks_the_outside_probe_found(task_engine: sa.Engine) -> None:
+    """Issue 16: INSERT ... FROM SELECT wrote tasks without events; flag_modified without a
+    change emitted task.updated + task.sync with `old: null`."""
+    with Session(task_engine, expire_on_commit=False) as session:
+        task = Task(user_id="alice", title="Report")
+        session.add(task)
+        session.commit()
+        clear(task_engine)
+        copy = sa.select(Task.user_id, Task.title + " (copy)").where(Task.id == task.id)
+        session.execute(sa.insert(Task).from_select(["user_id", "title"], copy))
+        session.commit()
+        (copied,) = session.scalars(select(Task).where(Task.id != task.id)).all()
+        session.commit()  # SQLite: end the read transaction (it holds the write lock)
+        assert types(task_engine) == [
+            ("task.created", str(copied.id)),
+            ("task.sync", str(copied.id)),
+        ]
+        assert outbox(task_engine)[0]["data"]["task"]["title"] == "Report (copy)"
+        clear(task_engine)
+        sa.orm.attributes.flag_modified(task, "title")
+        session.commit()
+        assert types(task_engine) == []
+        task.title = "Report v2"
+        sa.orm.attributes.flag_modified(task, "title")
+        session.commit()
+    (updated, _) = outbox(task_engine)
+    assert updated["data"]["changes"] == {"title": {"old": "Report", "new": "Report v2"}}
+
+
 def test_async_session_on_async_drivers(task_engine: sa.Engine, db_url: str) -> None:
     async def scenario() -> str:
         engine = create_async_engine(async_url(db_url))

@@ -20,12 +20,13 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import hooks
 from hooks import Message, RowChange, UTCDateTime, utc_now
 
 __all__ = [
+    "Folder",
     "Note",
     "Ops",
     "Plain",
@@ -50,6 +51,18 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+class Folder(Base):
+    """Untracked parent of notes: the unit of work's cascades reach `Note` through it."""
+
+    __tablename__ = "hook_folder"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50), default="f")
+    # selectin: an AsyncSession cannot load the collection lazily.
+    notes: Mapped[list[Note]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+
+
 class Note(Base):
     """Tracked. `touched_at` is bumped by every UPDATE and ignored by the hooks."""
 
@@ -62,6 +75,7 @@ class Note(Base):
     done: Mapped[bool] = mapped_column(default=False)
     due: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     touched_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+    folder_id: Mapped[int | None] = mapped_column(sa.ForeignKey("hook_folder.id"), default=None)
 
 
 class Plain(Base):
@@ -206,6 +220,12 @@ class Ops:
 
     def execute(self, statement: Any, params: Any = None, **kw: Any) -> Any:
         return self._call("execute", statement, params, **kw)
+
+    def run_sync(self, fn: Callable[[Session], Any]) -> Any:
+        """`fn(session)` on the sync session (`AsyncSession.run_sync` for async)."""
+        if isinstance(self.session, AsyncSession):
+            return self._call("run_sync", fn)
+        return fn(self.session)
 
     def scalars(self, statement: Any) -> list[Any]:
         return list(self.execute(statement).scalars().all())
