@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import aiohttp
 from loguru import logger
+from yarl import URL
 
 from hooks import Message, Outcome, SendResult
 from src.config import Settings, get_settings
@@ -192,9 +193,10 @@ class DaprTransport:
 
     async def _single(self, topic: str, message: Message) -> SendResult:
         path = f"/v1.0/publish/{self._pubsub}/{quote(topic, safe='')}"
-        params = {"metadata.partitionKey": message.key} if message.key else None
+        if message.key:
+            path += f"?metadata.partitionKey={quote(message.key, safe='')}"
         try:
-            answer = await self._request("POST", path, message.body, self._headers, params)
+            answer = await self._request("POST", path, message.body, self._headers)
         except Exception as exc:
             return self._unreachable(exc)
         return answer.result()
@@ -260,26 +262,18 @@ class DaprTransport:
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=16, keepalive_timeout=30.0, use_dns_cache=True)
             session = aiohttp.ClientSession(
-                self.base_url, connector=connector, timeout=self._timeout, trust_env=False
+                connector=connector, timeout=self._timeout, trust_env=False
             )
             self._sessions[loop] = session
         return session
 
     async def _request(
-        self,
-        method: str,
-        path: str,
-        body: str | None = None,
-        headers: dict[str, str] | None = None,
-        params: dict[str, str] | None = None,
+        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
     ) -> _Answer:
-        async with self._session().request(
-            method,
-            path,
-            data=body.encode() if body is not None else None,
-            headers=headers,
-            params=params,
-        ) as response:
+        # A ready-made, already quoted URL: aiohttp neither joins nor re-encodes it.
+        url = URL(self.base_url + path, encoded=True)
+        data = body.encode() if body is not None else None
+        async with self._session().request(method, url, data=data, headers=headers) as response:
             text = "" if response.status == 204 else await response.text(errors="replace")
             return _Answer(response.status, text)
 
