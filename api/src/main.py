@@ -16,9 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from src.auth import issue_token  # noqa: F401 - re-exported for tests and the CLI
-from src.config import Settings, get_settings, load_auth_secret
+from src.auth import build_token_verifier, issue_token  # noqa: F401 - re-exported
+from src.config import Settings, get_settings
 from src.db import create_tables, get_engine
+from src.deps import Unauthorized, unauthorized_response
 from src.health import router as health_router
 from src.logging_setup import configure_logging
 from src.mcp_server import mount_mcp
@@ -152,6 +153,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = _json_safe(jsonable_encoder(exc.errors()))
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return unauthorized_response(request, exc)
+
     @app.exception_handler(TaskNotFound)
     async def _not_found(_: Request, exc: TaskNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
@@ -188,11 +193,15 @@ def _relay_part(app: FastAPI) -> Callable[[Settings], AbstractAsyncContextManage
     return part
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Builds the app. Settings are read now so a bad setting fails at start-up."""
+def create_app(settings: Settings | None = None, *, local_secret: bool = False) -> FastAPI:
+    """Builds the app. Settings are read now so a bad setting fails at start-up.
+
+    `local_secret`: a generated local secret may stand in for `BETTER_AUTH_SECRET`; only
+    `pakaura serve` on a loopback address says so. Anything else fails closed.
+    """
     settings = settings or get_settings()
     configure_logging(settings)
-    auth_secret = load_auth_secret(settings)
+    token_verifier = build_token_verifier(settings, local_secret=local_secret)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -212,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Tasks per user. Every committed change becomes CloudEvents on Dapr.",
     )
-    app.state.auth_secret = auth_secret
+    app.state.token_verifier = token_verifier
     app.state.settings = settings
     # Async context managers entered in order at start-up (relay, MCP session manager).
     app.state.lifespan_parts = [_relay_part(app)]
