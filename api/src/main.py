@@ -12,9 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from src.auth import build_token_verifier, issue_token  # noqa: F401 - re-exported
 from src.config import Settings, get_settings
@@ -145,7 +148,28 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of this path answers (Starlette's 405 names one route's only,
+    and the OpenAPI document promises them all)."""
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            allow = ", ".join(_allowed_methods(request.app, request.scope))
+            exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": allow})
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler answered 500 when the echoed input was 1e999, NaN or "\ud800"
