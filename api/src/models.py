@@ -187,7 +187,20 @@ class Task(TaskBase, table=True):
 
 
 class TaskCreate(SQLModel):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    # Examples: documentation, and what schemathesis's examples phase sends.
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"title": "Buy milk"},
+                {
+                    "title": "File the tax return",
+                    "description": "Receipts are in the blue folder",
+                    "due_date": "2026-12-01T09:00:00+01:00",
+                },
+            ]
+        },
+    )
 
     title: Title
     description: Description | None = Field(
@@ -202,7 +215,16 @@ class TaskUpdate(SQLModel):
     """Only the fields sent change (`model_dump(exclude_unset=True)`); MCP's update_task
     follows the same rule (null clears description / due_date, omitted keeps)."""
 
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"title": "Buy oat milk"},
+                {"description": None, "due_date": "2027-01-02T10:00:00-05:00"},
+                {"completed": True},
+            ]
+        },
+    )
 
     # May be omitted but not null: the schema says so (not nullable, no default). The Python
     # default None only stands for "not sent" (`exclude_unset`); `_not_null` refuses a null.

@@ -214,7 +214,7 @@ def register_task_tools(mcp: MCPServer, *, user_provider: UserProvider) -> None:
     async def add_task(
         title: Annotated[
             str,
-            Field(description=f"What to do: 1 to {MAX_TITLE} characters (trimmed)."),
+            Field(description=f"What to do: 1 to {MAX_TITLE} characters (blanks trimmed)."),
         ],
         description: Annotated[
             str | None,
@@ -274,7 +274,7 @@ def register_task_tools(mcp: MCPServer, *, user_provider: UserProvider) -> None:
             str | None,
             Field(
                 description=(
-                    f"New title, 1 to {MAX_TITLE} characters (trimmed). Omit to keep it; "
+                    f"New title, 1 to {MAX_TITLE} characters (blanks trimmed). Omit to keep it; "
                     "null is refused."
                 )
             ),
