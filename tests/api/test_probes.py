@@ -58,3 +58,21 @@ def test_probes_need_no_token(db_url: str) -> None:
         for path in ("/livez", "/readyz", "/health"):
             response = api.client.get(path, headers={"Authorization": "Bearer garbage"})
             assert response.status_code == 200, path
+
+
+class _FailingRelay:
+    def status(self) -> dict[str, object]:
+        return {"state": "leader", "last_error": "ConnectError: dapr at 10.0.0.7:3500 refused"}
+
+
+def test_health_hides_the_relays_last_error_from_anonymous_callers(sqlite_url: str) -> None:
+    with make_client(sqlite_url, RELAY_ENABLED="false") as api:
+        real, api.app.state.relay = api.app.state.relay, _FailingRelay()
+        try:
+            anonymous = api.client.get("/health").json()["relay"]
+            detailed = api.client.get("/health", headers=api.auth("ops")).json()["relay"]
+        finally:
+            api.app.state.relay = real
+    assert "10.0.0.7" not in str(anonymous)
+    assert anonymous["last_error"].startswith("hidden")
+    assert "10.0.0.7" in detailed["last_error"]
