@@ -1,4 +1,4 @@
-"""Bearer JWTs, checked as an auth server issues them (T-018 auth, REST and MCP alike).
+"""Bearer JWTs, checked as an auth server issues them (REST and MCP alike).
 
 Two key sources, either or both:
 - `BETTER_AUTH_SECRET` (or the generated local secret): HS256 only.

@@ -66,7 +66,7 @@ def _storable_text(value: str) -> str:
 
 
 # The OpenAPI schema states every rule the validators apply, so that a generated client (and
-# schemathesis) never sees a schema-valid value refused (T-018). Python's `str.strip()` removes
+# schemathesis) never sees a schema-valid value refused. Python's `str.strip()` removes
 # exactly the characters of `str.isspace()`; the pattern lists the same set.
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Only NUL: unpaired surrogates (refused too) are not characters (I-JSON, RFC 7493), and a

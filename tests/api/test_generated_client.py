@@ -1,5 +1,5 @@
 """A client generated from /openapi.json (openapi-python-client) builds and round-trips every
-route, error answers included, each parsed into its declared type (T-018)."""
+route, error answers included, each parsed into its declared type."""
 
 from __future__ import annotations
 

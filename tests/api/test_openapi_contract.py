@@ -1,4 +1,4 @@
-"""The OpenAPI document tells the truth (T-018): schemathesis, `--checks all`, every phase
+"""The OpenAPI document tells the truth: schemathesis, `--checks all`, every phase
 (examples, coverage, fuzzing, stateful), fixed seed, against the real API on SQLite and
 PostgreSQL, finds nothing. A short slice of `python -m bench.schemathesis_run`."""
 

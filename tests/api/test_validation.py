@@ -70,7 +70,7 @@ def test_create_rejects_a_body_that_is_not_a_json_object(api: Api, alices_task: 
 
 
 def test_title_limits_apply_as_sent_and_blanks_are_trimmed(api: Api) -> None:
-    """The OpenAPI schema states the rule exactly (maxLength + pattern, T-018): at most 200
+    """The OpenAPI schema states the rule exactly (maxLength + pattern): at most 200
     characters as sent, something left once trimmed."""
     longest = "x" * 200
     padded = f"  {'x' * 196}  "

@@ -307,8 +307,9 @@ def register_task_tools(mcp: MCPServer, *, user_provider: UserProvider) -> None:
         you pass change: an omitted field keeps its value, null removes the description or the
         due date (as in the REST API's PUT/PATCH). To mark a task done use complete_task."""
         user = _acting_user(user_provider, user_id)
-        # As REST (TaskUpdate, `exclude_unset`): what was sent counts, null included. The
-        # validated arguments cannot tell "omitted" from null, the request's own can.
+        # As REST (T-019: same models, same meaning; `exclude_unset`): what was sent counts,
+        # null included. The validated arguments cannot tell "omitted" from null; the
+        # request's own arguments can.
         sent = _sent_arguments(ctx)
         values: dict[str, Any] = {}
         if "title" in sent:
