@@ -121,6 +121,7 @@ class TokenVerifier:
         self._audience = audience
         self._leeway = leeway
         self._jwks: PyJWKClient | None = None
+        self._known_keys: dict[str, PyJWK] = {}
         if jwks_url is not None:
             self._jwks = PyJWKClient(
                 jwks_url,
@@ -162,13 +163,19 @@ class TokenVerifier:
         try:
             key = self._jwks.get_signing_key(kid)  # locked inside: one refresh at a time
         except jwt.PyJWKClientConnectionError:
-            raise AuthError("invalid token: the auth server's key set is unavailable") from None
+            # The cached set expired while the auth server is unreachable: a key that verified
+            # a token before still does, so its outage does not log everyone out.
+            known = self._known_keys.get(kid)
+            if known is None:
+                raise AuthError("invalid token: the auth server's key set is unavailable") from None
+            key = known
         except jwt.PyJWKClientError:
             raise AuthError("invalid token: unknown kid") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {_one_line(exc)}") from None
         if _allowed_algorithm(key) != header.get("alg"):
             raise AuthError("invalid token: algorithm not allowed for this key")
+        self._known_keys[kid] = key
         return key.key
 
     def verify(self, token: str) -> str:

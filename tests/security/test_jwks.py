@@ -269,3 +269,19 @@ def test_jwks_only_refuses_hs256_even_with_the_right_claims(
         assert api.client.get("/api/alice/tasks", headers=_bearer(hs)).status_code == 401
         ok = jwks.token("eddsa", iss=ISSUER, aud=AUDIENCE)
         assert api.client.get("/api/alice/tasks", headers=_bearer(ok)).status_code == 200
+
+
+def test_an_auth_server_outage_keeps_known_keys_working() -> None:
+    """The cached set expires while the JWKS endpoint is down: keys seen before still verify,
+    unknown ones are refused."""
+    import time
+
+    with jwks_server() as server:
+        verifier = _verifier(server, jwks_cache_seconds=0.2, jwks_refresh_cooldown=0)
+        assert verifier.verify(server.token("eddsa", iss=ISSUER, aud=AUDIENCE)) == "alice"
+        valid_later = server.token("eddsa", iss=ISSUER, aud=AUDIENCE)
+        never_used = server.token("es256", iss=ISSUER, aud=AUDIENCE)
+    time.sleep(0.3)  # cache expired, endpoint gone
+    assert verifier.verify(valid_later) == "alice"
+    with pytest.raises(AuthError, match="unavailable"):
+        verifier.verify(never_used)
