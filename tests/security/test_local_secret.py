@@ -10,7 +10,6 @@ import os
 import stat
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import jwt
@@ -114,13 +113,20 @@ def test_a_directory_in_its_place_is_refused(tmp_path: Path) -> None:
         load_auth_secret(Settings())
 
 
-def _load(_: int) -> str | None:
-    return load_auth_secret(Settings())
+_LOAD = "from src.config import Settings, load_auth_secret; print(load_auth_secret(Settings()))"
 
 
 def test_processes_starting_at_once_agree_on_one_secret(tmp_path: Path) -> None:
-    with ProcessPoolExecutor(max_workers=8) as pool:
-        secrets = set(pool.map(_load, range(32)))
+    # Real processes (not fork: the test process has threads), all started before any ends.
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOAD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(12)
+    ]
+    outputs = [process.communicate(timeout=120) for process in starts]
+    assert all(process.returncode == 0 for process in starts), outputs
+    secrets = {out.strip() for out, _ in outputs}
     assert len(secrets) == 1
     path = tmp_path / LOCAL
     assert path.read_text().strip() == secrets.pop()
