@@ -48,12 +48,18 @@ def sqlite_url(tmp_path: Path) -> str:
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Each test starts from default settings in its own working directory."""
     for name in list(os.environ):
-        if name.startswith(("DAPR_", "TOPIC_", "RELAY_", "LOG_", "EVENTS_", "MCP_")) or name in {
+        if name.startswith(
+            ("DAPR_", "TOPIC_", "RELAY_", "LOG_", "EVENTS_", "MCP_", "JWT_", "AUTH_")
+        ) or name in {
             "DATABASE_URL",
             "BETTER_AUTH_SECRET",
             "APP_ENV",
+            "PUBLIC_URL",
+            "DEV_SECRET_FILE",
         }:
             monkeypatch.delenv(name, raising=False)
+    # The generated local secret lives under the per-user config directory: one per test.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.chdir(tmp_path)
     from src.config import get_settings
 

@@ -44,8 +44,21 @@ def _serve(args: argparse.Namespace) -> None:
     from src.main import create_app
 
     settings = _settings()
-    app = create_app(settings)  # validates settings and the secret before binding the port
+    # Fail closed: a generated local secret only for a loopback bind (the quick start); any
+    # other address (0.0.0.0, a container) needs BETTER_AUTH_SECRET or AUTH_JWKS_URL.
+    app = create_app(settings, local_secret=_is_loopback(args.host))  # before binding the port
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _db_upgrade(args: argparse.Namespace) -> None:
@@ -62,8 +75,21 @@ def _token(args: argparse.Namespace) -> None:
 
     if not args.user.strip():
         raise CommandError("USER must not be empty")
-    secret = load_auth_secret(_settings())
-    sys.stdout.write(issue_token(args.user, secret, ttl=timedelta(hours=args.hours)) + "\n")
+    settings = _settings()
+    secret = load_auth_secret(settings)
+    if secret is None:
+        raise CommandError(
+            "BETTER_AUTH_SECRET is not set: with only AUTH_JWKS_URL the auth server issues the "
+            "tokens"
+        )
+    token = issue_token(
+        args.user,
+        secret,
+        ttl=timedelta(hours=args.hours),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    sys.stdout.write(token + "\n")
 
 
 def _mcp(args: argparse.Namespace) -> None:

@@ -6,9 +6,11 @@ T-013: the Dapr settings (`DAPR_ENABLED`, `DAPR_HTTP_PORT`, `DAPR_PUBSUB_NAME`,
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -21,12 +23,15 @@ __all__ = [
     "DEV_SECRET_FILE",
     "Settings",
     "SettingsError",
+    "dev_secret_path",
     "get_settings",
     "load_auth_secret",
     "normalize_database_url",
 ]
 
-DEV_SECRET_FILE = ".pakaura-dev-secret"
+# Under the per-user config directory ($XDG_CONFIG_HOME, else ~/.config), so that
+# `pakaura serve` and `pakaura token` find the same local secret from any working directory.
+DEV_SECRET_FILE = "pakaura/dev-secret"
 MIN_SECRET_BYTES = 32
 
 
@@ -107,6 +112,22 @@ class Settings(BaseSettings):
 
     better_auth_secret: SecretStr | None = None
     jwt_leeway_seconds: int = Field(default=0, ge=0, le=300)
+    # When set, tokens must carry this `iss` / `aud` (Better Auth: its BASE_URL for both).
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Public keys of the auth server for EdDSA / ES256 / RS256 tokens (Better Auth's JWT
+    # plugin: https://auth.example.com/api/auth/jwks); read at start-up, then cached.
+    auth_jwks_url: str | None = None
+    auth_jwks_timeout: float = Field(default=5.0, gt=0, le=60)
+    auth_jwks_cache_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    # The OAuth authorization server MCP clients log in with (RFC 9728 metadata); unset: the
+    # 401 just says a bearer token is required.
+    auth_server_url: str | None = None
+    # The API's external base URL (https://api.example.com), the resource identifier in that
+    # metadata; unset: taken from each request's Host.
+    public_url: str | None = None
+    # Where the generated local secret lives (default $XDG_CONFIG_HOME/pakaura/dev-secret).
+    dev_secret_file: Path | None = None
 
     mcp_allowed_hosts: list[str] = Field(
         default_factory=lambda: ["127.0.0.1:*", "localhost:*", "testserver", "[::1]:*"]
@@ -132,6 +153,26 @@ class Settings(BaseSettings):
     @classmethod
     def _check_url(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @field_validator(
+        "jwt_issuer",
+        "jwt_audience",
+        "auth_jwks_url",
+        "auth_server_url",
+        "public_url",
+        "dev_secret_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("auth_jwks_url", "auth_server_url", "public_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("better_auth_secret")
     @classmethod
@@ -177,27 +218,102 @@ def get_settings() -> Settings:
         ) from None
 
 
-def load_auth_secret(settings: Settings) -> str:
-    """The JWT secret: `BETTER_AUTH_SECRET`, or outside production a generated local one.
+def load_auth_secret(settings: Settings, *, local_secret: bool = True) -> str | None:
+    """The HS256 secret: `BETTER_AUTH_SECRET`, else (local use only) a generated one.
 
-    The local secret lives in `.pakaura-dev-secret` (mode 0600) in the working directory, so
-    `pakaura serve` and `pakaura token` agree without anyone choosing a secret. Production has
-    no built-in secret: it refuses to start.
+    None when only `AUTH_JWKS_URL` is set (asymmetric tokens only). The generated secret is
+    refused in production and, with `local_secret=False` (`pakaura serve` on a non-loopback
+    address, an app built by a factory), the process must not start: fail closed.
     """
     if settings.better_auth_secret is not None:
         return settings.better_auth_secret.get_secret_value()
+    if settings.auth_jwks_url is not None:
+        return None
     if settings.app_env == "production":
         raise SettingsError(
             "BETTER_AUTH_SECRET is not set: production needs the secret shared with the auth "
-            "server (at least 32 bytes)"
+            "server (at least 32 bytes) or AUTH_JWKS_URL"
         )
-    path = Path(DEV_SECRET_FILE)
-    if path.exists():
-        secret = path.read_text(encoding="utf-8").strip()
-        if len(secret.encode()) >= MIN_SECRET_BYTES:
-            return secret
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secret + "\n")
+    if not local_secret:
+        raise SettingsError(
+            "BETTER_AUTH_SECRET is not set: serving on a non-loopback address needs the secret "
+            "shared with the auth server (or AUTH_JWKS_URL); a local secret is generated only "
+            "for --host 127.0.0.1 / localhost"
+        )
+    return _local_secret(dev_secret_path(settings))
+
+
+def dev_secret_path(settings: Settings) -> Path:
+    """`DEV_SECRET_FILE` setting, else `$XDG_CONFIG_HOME/pakaura/dev-secret` (~/.config)."""
+    if settings.dev_secret_file is not None:
+        return settings.dev_secret_file.expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip() or str(Path.home() / ".config")
+    return Path(base) / DEV_SECRET_FILE
+
+
+def _local_secret(path: Path) -> str:
+    """Reads the local secret file, creating it first if missing.
+
+    Created exclusively (mode 0600, written under a temporary name and hard-linked into place,
+    so no reader ever sees a half-written file and two processes starting at once agree on
+    the one that was linked first); never opened through a symlink; refused when another user
+    owns it or others may read it.
+    """
+    for _ in range(3):
+        try:
+            return _read_private(path)
+        except FileNotFoundError:
+            pass
+        try:
+            _create_exclusively(path)
+        except FileExistsError:
+            continue  # another process created it meanwhile: read theirs
+    return _read_private(path)
+
+
+def _refuse(path: Path, problem: str) -> SettingsError:
+    return SettingsError(
+        f"local secret file {path} {problem}; set BETTER_AUTH_SECRET or DEV_SECRET_FILE"
+    )
+
+
+def _read_private(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse(path, "is a symbolic link (refused)") from None
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise _refuse(path, f"cannot be read ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refuse(path, "is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise _refuse(path, "belongs to another user (refused)")
+        if info.st_mode & 0o077:
+            mode = oct(stat.S_IMODE(info.st_mode))
+            raise _refuse(path, f"is readable by others (mode {mode}; chmod 600 it)")
+        secret = os.read(fd, 4096).decode("utf-8", errors="replace").strip()
+    finally:
+        os.close(fd)
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise _refuse(path, f"holds fewer than {MIN_SECRET_BYTES} bytes (delete it)")
     return secret
+
+
+def _create_exclusively(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(48) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() never follows or replaces an existing name (a planted symlink included).
+        os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -12,13 +12,17 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from src.auth import issue_token  # noqa: F401 - re-exported for tests and the CLI
-from src.config import Settings, get_settings, load_auth_secret
+from src.auth import build_token_verifier, issue_token  # noqa: F401 - re-exported
+from src.config import Settings, get_settings
 from src.db import create_tables, get_engine
+from src.deps import Unauthorized, unauthorized_response
 from src.health import router as health_router
 from src.logging_setup import configure_logging
 from src.mcp_server import mount_mcp
@@ -166,7 +170,28 @@ def _speak_of_characters(error: Any) -> Any:
     return error
 
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of this path answers (Starlette's 405 names one route's only,
+    and the OpenAPI document promises them all)."""
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            allow = ", ".join(_allowed_methods(request.app, request.scope))
+            exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": allow})
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler answered 500 when the echoed input was 1e999, NaN or "\ud800"
@@ -174,6 +199,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = [_speak_of_characters(error) for error in exc.errors()]
         detail = _json_safe(jsonable_encoder(errors))
         return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return unauthorized_response(request, exc)
 
     @app.exception_handler(TaskNotFound)
     async def _not_found(_: Request, exc: TaskNotFound) -> JSONResponse:
@@ -264,11 +293,15 @@ def _relay_part(app: FastAPI) -> Callable[[Settings], AbstractAsyncContextManage
     return part
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Builds the app. Settings are read now so a bad setting fails at start-up."""
+def create_app(settings: Settings | None = None, *, local_secret: bool = False) -> FastAPI:
+    """Builds the app. Settings are read now so a bad setting fails at start-up.
+
+    `local_secret`: a generated local secret may stand in for `BETTER_AUTH_SECRET`; only
+    `pakaura serve` on a loopback address says so. Anything else fails closed.
+    """
     settings = settings or get_settings()
     configure_logging(settings)
-    auth_secret = load_auth_secret(settings)
+    token_verifier = build_token_verifier(settings, local_secret=local_secret)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -290,7 +323,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served from packaged assets by _install_docs
         redoc_url=None,
     )
-    app.state.auth_secret = auth_secret
+    app.state.token_verifier = token_verifier
     app.state.settings = settings
     # Async context managers entered in order at start-up (relay, MCP session manager).
     app.state.lifespan_parts = [_relay_part(app)]

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BeforeValidator,
     ConfigDict,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 from sqlmodel import Field, SQLModel
 
 from hooks import UTCDateTime, build_outbox_table, utc_now
@@ -24,6 +26,9 @@ from hooks import UTCDateTime, build_outbox_table, utc_now
 __all__ = [
     "MAX_DESCRIPTION",
     "MAX_TITLE",
+    "AuthErrorBody",
+    "DeletedCount",
+    "ErrorDetail",
     "Task",
     "TaskCreate",
     "TaskPublic",
@@ -60,16 +65,104 @@ def _storable_text(value: str) -> str:
     return value
 
 
+# The OpenAPI schema states every rule the validators apply, so that a generated client (and
+# schemathesis) never sees a schema-valid value refused. Python's `str.strip()` removes
+# exactly the characters of `str.isspace()`; the pattern lists the same set.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# Only NUL: unpaired surrogates (refused too) are not characters (I-JSON, RFC 7493), and a
+# pattern naming them is not a valid regex for most engines (Rust's, ECMAScript's u-mode).
+_FORBIDDEN = r"\x00"
+STORABLE_PATTERN = rf"^[^{_FORBIDDEN}]*$"
+# Optional blanks, something kept, optional blanks. The length limit applies to the title as
+# sent (`maxLength`), so trimming never makes a too-long title acceptable: schema and
+# validation agree exactly. (Counting the trimmed length needs a bounded quantifier that
+# schemathesis, and most client generators, cannot draw from.)
+_KEPT = f"[^{_SPACE}{_FORBIDDEN}]"
+TITLE_PATTERN = rf"^[{_SPACE}]*{_KEPT}(?:[^{_FORBIDDEN}]*{_KEPT})?[{_SPACE}]*$"
+TITLE_RULE = (
+    f"1 to {MAX_TITLE} characters as sent; leading and trailing whitespace (the characters of "
+    "Python's str.isspace) is removed before storing, and something must remain. No NUL "
+    "(U+0000) and no unpaired surrogates (U+D800-U+DFFF)."
+)
+DESCRIPTION_RULE = (
+    f"At most {MAX_DESCRIPTION} characters, stored as sent. No NUL (U+0000) and no unpaired "
+    "surrogates (U+D800-U+DFFF)."
+)
+DUE_DATE_RULE = (
+    "RFC 3339 date-time WITH a time zone offset (e.g. 2026-12-01T09:00:00+01:00); stored and "
+    "answered in UTC."
+)
+
+
+def _title_json_schema(description: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TITLE,
+            "pattern": TITLE_PATTERN,
+            "description": description,
+        }
+    )
+
+
+def _strip_title(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_TITLE:  # as sent, before trimming
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max_length} characters",
+            {"max_length": MAX_TITLE},
+        )
+    return _strip(value)
+
+
 Title = Annotated[
     str,
-    BeforeValidator(_strip),
+    BeforeValidator(_strip_title),
     StringConstraints(min_length=1, max_length=MAX_TITLE),
     AfterValidator(_storable_text),
+    _title_json_schema(TITLE_RULE),
 ]
 Description = Annotated[
-    str, StringConstraints(max_length=MAX_DESCRIPTION), AfterValidator(_storable_text)
+    str,
+    StringConstraints(max_length=MAX_DESCRIPTION),
+    AfterValidator(_storable_text),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": MAX_DESCRIPTION,
+            "pattern": STORABLE_PATTERN,
+            "description": DESCRIPTION_RULE,
+        }
+    ),
 ]
-AwareDatetime = Annotated[datetime, AfterValidator(_require_offset)]
+
+
+def _date_time_text(value: Any) -> Any:
+    # Lax pydantic took numbers as Unix timestamps; the schema promises a string. (Not
+    # `Strict()`: FastAPI validates the decoded JSON in Python mode, where strict refuses str.)
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
+
+
+def _real_bool(value: Any) -> Any:
+    if not isinstance(value, bool):  # lax pydantic took "yes", 1, "on"
+        raise ValueError("must be true or false")
+    return value
+
+
+AwareDatetime = Annotated[
+    datetime,
+    BeforeValidator(_date_time_text),
+    AfterValidator(_require_offset),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": DUE_DATE_RULE}),
+]
+StrictBool = Annotated[bool, BeforeValidator(_real_bool)]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 class TaskBase(SQLModel):
@@ -94,22 +187,55 @@ class Task(TaskBase, table=True):
 
 
 class TaskCreate(SQLModel):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    # Examples: documentation, and what schemathesis's examples phase sends.
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"title": "Buy milk"},
+                {
+                    "title": "File the tax return",
+                    "description": "Receipts are in the blue folder",
+                    "due_date": "2026-12-01T09:00:00+01:00",
+                },
+            ]
+        },
+    )
 
     title: Title
-    description: Description | None = None
-    due_date: AwareDatetime | None = None
+    description: Description | None = Field(
+        default=None, description=f"{DESCRIPTION_RULE} null or omitted: none."
+    )
+    due_date: AwareDatetime | None = Field(
+        default=None, description=f"{DUE_DATE_RULE} null or omitted: none."
+    )
 
 
 class TaskUpdate(SQLModel):
-    """Only the fields sent change (`model_dump(exclude_unset=True)`)."""
+    """Only the fields sent change (`model_dump(exclude_unset=True)`); MCP's update_task
+    follows the same rule (null clears description / due_date, omitted keeps)."""
 
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"title": "Buy oat milk"},
+                {"description": None, "due_date": "2027-01-02T10:00:00-05:00"},
+                {"completed": True},
+            ]
+        },
+    )
 
-    title: Title | None = None
-    description: Description | None = None
-    due_date: AwareDatetime | None = None
-    completed: bool | None = None
+    # May be omitted but not null: the schema says so (not nullable, no default). The Python
+    # default None only stands for "not sent" (`exclude_unset`); `_not_null` refuses a null.
+    title: Title = Field(default=None, schema_extra={"json_schema_extra": _no_default})
+    description: Description | None = Field(
+        default=None, description=f"{DESCRIPTION_RULE} null clears it; omitted keeps it."
+    )
+    due_date: AwareDatetime | None = Field(
+        default=None, description=f"{DUE_DATE_RULE} null clears it; omitted keeps it."
+    )
+    completed: StrictBool = Field(default=None, schema_extra={"json_schema_extra": _no_default})
 
     @field_validator("title", "completed", mode="before")
     @classmethod
@@ -129,6 +255,24 @@ class TaskPublic(SQLModel):
     due_date: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+class ErrorDetail(SQLModel):
+    """The body of every error answer but 401 and 422."""
+
+    detail: str
+
+
+class AuthErrorBody(SQLModel):
+    """The body of every 401, REST and MCP alike: FastAPI's `detail` and RFC 6750's fields."""
+
+    detail: str
+    error: Literal["invalid_token"]
+    error_description: str
+
+
+class DeletedCount(SQLModel):
+    deleted: int = Field(ge=0)
 
 
 outbox_table = build_outbox_table(SQLModel.metadata)

@@ -14,10 +14,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from src.auth import AuthError, decode_token, issue_token
-from src.config import get_settings
 from src.models import Task
 
-from tests.support.app import TASK_ROUTES, TEST_SECRET, Api, bearer, make_token
+from tests.support.app import TASK_ROUTES, TEST_SECRET, Api, bearer, make_client, make_token
 
 MakeTasks = Callable[..., list[Task]]
 
@@ -66,7 +65,7 @@ def test_every_route_needs_a_token(api: Api, alices_task: int) -> None:
         url = _url(template, "alice", alices_task)
         response = api.client.request(method, url, json=body)
         assert response.status_code == 401, (method, url)
-        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.headers["www-authenticate"].startswith("Bearer")
     assert api.state() == before
 
 
@@ -81,7 +80,7 @@ def test_bad_tokens_are_refused_and_write_nothing(api: Api, alices_task: int) ->
             url = _url(template, "alice", alices_task)
             response = api.client.request(method, url, json=body, headers=headers)
             assert response.status_code == 401, (kind, method, url)
-            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.headers["www-authenticate"].startswith("Bearer")
     assert api.state() == before
 
 
@@ -163,14 +162,12 @@ def test_user_ids_are_compared_exactly(api: Api, alices_task: int) -> None:
     assert api.client.get("/api/alice%20/tasks", headers=bearer("alice")).status_code == 403
 
 
-def test_leeway_setting_tolerates_small_clock_skew(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_leeway_setting_tolerates_small_clock_skew(api: Api) -> None:
     headers = bearer("alice", expires_in=-timedelta(seconds=5))
     assert api.client.get("/api/alice/tasks", headers=headers).status_code == 401
-    monkeypatch.setenv("JWT_LEEWAY_SECONDS", "60")
-    get_settings.cache_clear()
-    assert api.client.get("/api/alice/tasks", headers=headers).status_code == 200
+    # Read at start-up, like every auth setting.
+    with make_client(api.db_url, JWT_LEEWAY_SECONDS="60") as lenient:
+        assert lenient.client.get("/api/alice/tasks", headers=headers).status_code == 200
 
 
 def test_tokens_from_issue_token_are_accepted(api: Api) -> None:

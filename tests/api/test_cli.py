@@ -69,7 +69,7 @@ def test_token_and_the_api_agree_on_the_generated_local_secret(
     assert main(["token", "alice", "--hours", "1"]) == 0
     token = one_line(capsys.readouterr().out)
     assert jwt.decode(token, options={"verify_signature": False})["sub"] == "alice"
-    assert (tmp_path / DEV_SECRET_FILE).exists()
+    assert (tmp_path / "xdg-config" / DEV_SECRET_FILE).exists()
     # The API started later in the same directory (no BETTER_AUTH_SECRET) accepts it. (Its
     # log lines go to whatever sys.stderr is at the time: captured here.)
     with make_client(sqlite_url, secret=None) as api:

@@ -11,7 +11,14 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from src.auth import decode_token, issue_token
-from src.config import DEV_SECRET_FILE, Settings, SettingsError, get_settings, load_auth_secret
+from src.config import (
+    DEV_SECRET_FILE,
+    Settings,
+    SettingsError,
+    dev_secret_path,
+    get_settings,
+    load_auth_secret,
+)
 from src.db import reset_engine
 from src.main import create_app
 
@@ -43,8 +50,8 @@ def test_the_app_runs_with_no_configuration_at_all(tmp_path: Path) -> None:
     """The quick start: no env, no .env; a local database and secret appear in the directory."""
     reset_engine()  # the engine is cached process-wide; earlier tests used other databases
     try:
-        app = create_app()
-        secret = (tmp_path / DEV_SECRET_FILE).read_text().strip()
+        app = create_app(local_secret=True)  # as `pakaura serve` on 127.0.0.1
+        secret = (tmp_path / "xdg-config" / DEV_SECRET_FILE).read_text().strip()
         headers = {"Authorization": f"Bearer {issue_token('alice', secret)}"}
         with TestClient(app) as client:
             created = client.post("/api/alice/tasks", json={"title": "first"}, headers=headers)
@@ -172,14 +179,25 @@ def test_production_without_a_secret_refuses_to_start(
     with pytest.raises(SettingsError, match="BETTER_AUTH_SECRET"):
         load_auth_secret(get_settings())
     with pytest.raises(SettingsError, match="BETTER_AUTH_SECRET"):
+        create_app(local_secret=True)
+    assert not (tmp_path / LOCAL).exists()
+
+
+def test_an_app_not_known_to_serve_on_loopback_fails_closed(tmp_path: Path) -> None:
+    """A factory (`uvicorn --factory src.main:create_app`) or a non-loopback `serve`."""
+    with pytest.raises(SettingsError, match="BETTER_AUTH_SECRET") as caught:
         create_app()
-    assert not (tmp_path / DEV_SECRET_FILE).exists()
+    assert len(str(caught.value).splitlines()) == 1
+    assert not (tmp_path / LOCAL).exists()
 
 
 def test_production_ignores_a_local_secret_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / DEV_SECRET_FILE).write_text("x" * 64)
+    path = tmp_path / LOCAL
+    path.parent.mkdir(parents=True)
+    path.write_text("x" * 64)
+    path.chmod(0o600)
     monkeypatch.setenv("APP_ENV", "production")
     with pytest.raises(SettingsError, match="BETTER_AUTH_SECRET"):
         load_auth_secret(get_settings())
@@ -190,8 +208,8 @@ def test_production_uses_the_configured_secret(
 ) -> None:
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("BETTER_AUTH_SECRET", GOOD_SECRET)
-    assert load_auth_secret(get_settings()) == GOOD_SECRET
-    assert not (tmp_path / DEV_SECRET_FILE).exists()
+    assert load_auth_secret(get_settings(), local_secret=False) == GOOD_SECRET
+    assert not (tmp_path / LOCAL).exists()
 
 
 def test_a_configured_secret_is_used_in_development_too(
@@ -199,39 +217,55 @@ def test_a_configured_secret_is_used_in_development_too(
 ) -> None:
     monkeypatch.setenv("BETTER_AUTH_SECRET", GOOD_SECRET)
     assert load_auth_secret(get_settings()) == GOOD_SECRET
-    assert not (tmp_path / DEV_SECRET_FILE).exists()
+    assert not (tmp_path / LOCAL).exists()
 
 
 def test_development_generates_a_private_secret_file_and_reuses_it(tmp_path: Path) -> None:
     first = load_auth_secret(get_settings())
-    path = tmp_path / DEV_SECRET_FILE
+    assert first is not None
+    path = tmp_path / LOCAL
+    assert dev_secret_path(get_settings()) == path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert len(first.encode()) >= 32
     assert path.read_text().strip() == first
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
     get_settings.cache_clear()  # a later process (`pakaura token` after `pakaura serve`)
     assert load_auth_secret(get_settings()) == first
     token = issue_token("alice", first)
-    assert decode_token(token, load_auth_secret(get_settings())) == "alice"
+    assert decode_token(token, first) == "alice"
 
 
-def test_generated_secrets_differ_between_directories(
+def test_the_local_secret_is_the_same_from_any_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     here = load_auth_secret(Settings())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert load_auth_secret(Settings()) != here
+    assert load_auth_secret(Settings()) == here
+
+
+def test_dev_secret_file_setting_moves_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEV_SECRET_FILE", str(tmp_path / "mine" / "secret"))
+    secret = load_auth_secret(get_settings())
+    assert (tmp_path / "mine" / "secret").read_text().strip() == secret
+    assert not (tmp_path / LOCAL).exists()
 
 
 @pytest.mark.parametrize("content", ["", "\n", "short"])
-def test_an_unusable_secret_file_is_replaced(tmp_path: Path, content: str) -> None:
-    path = tmp_path / DEV_SECRET_FILE
+def test_an_unusable_secret_file_is_refused_not_replaced(tmp_path: Path, content: str) -> None:
+    path = tmp_path / LOCAL
+    path.parent.mkdir(parents=True)
     path.write_text(content)
-    secret = load_auth_secret(get_settings())
-    assert len(secret.encode()) >= 32
-    assert path.read_text().strip() == secret
+    path.chmod(0o600)
+    with pytest.raises(SettingsError, match="fewer than 32 bytes"):
+        load_auth_secret(get_settings())
+    assert path.read_text() == content
+
+
+LOCAL = Path("xdg-config") / DEV_SECRET_FILE  # under tmp_path (tests/conftest.py)
 
 
 @pytest.mark.parametrize(

@@ -89,9 +89,12 @@ def test_length_messages_speak_of_characters(
     assert "items" not in response.text
 
 
-def test_length_limits_count_the_trimmed_title(api: Api) -> None:
+def test_title_limits_apply_as_sent_and_blanks_are_trimmed(api: Api) -> None:
+    """The OpenAPI schema states the rule exactly (maxLength + pattern): at most 200
+    characters as sent, something left once trimmed."""
     longest = "x" * 200
-    for title, stored in [(longest, longest), (f"  {longest}  ", longest), ("a", "a")]:
+    padded = f"  {'x' * 196}  "
+    for title, stored in [(longest, longest), (padded, "x" * 196), ("a", "a")]:
         response = api.client.post(
             "/api/alice/tasks",
             json={"title": title, "description": "d" * 1000},
@@ -100,6 +103,11 @@ def test_length_limits_count_the_trimmed_title(api: Api) -> None:
         assert response.status_code == 201, response.text
         assert response.json()["title"] == stored
         assert len(response.json()["description"]) == 1000
+    response = api.client.post(
+        "/api/alice/tasks", json={"title": f"  {longest}  "}, headers=api.auth("alice")
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "title"]
 
 
 # --- PUT / PATCH ------------------------------------------------------------------------------
@@ -164,20 +172,34 @@ ID_ROUTES: list[tuple[str, str, Any]] = [
 ]
 
 
-def test_a_task_id_that_is_not_a_number_is_named(api: Api, alices_task: int) -> None:
+def test_a_task_id_that_is_not_a_number_is_no_task_route(api: Api, alices_task: int) -> None:
+    """`{task_id:int}`: only digits reach a task route, anything else is no such resource."""
     before = api.state()
     for method, suffix, body in ID_ROUTES:
         for bad_id in ("abc", "1.5"):
             url = f"/api/alice/tasks/{bad_id}{suffix}"
             response = api.client.request(method, url, json=body, headers=api.auth("alice"))
-            assert_names(response, "task_id")
+            assert response.status_code == 404, (method, url)
+            assert response.json() == {"detail": "Not Found"}
     assert api.state() == before
 
 
-def test_get_on_the_completed_collection_is_not_a_task(api: Api) -> None:
-    # `completed` only exists for DELETE; GET reads it as a task id and says why it failed.
-    response = api.client.get("/api/alice/tasks/completed", headers=api.auth("alice"))
-    assert_names(response, "task_id")
+def test_other_methods_on_the_completed_collection_are_405(api: Api) -> None:
+    # `completed` only exists for DELETE; no task route reads it as an id.
+    for method in ("GET", "PUT", "PATCH", "POST"):
+        response = api.client.request(
+            method, "/api/alice/tasks/completed", headers=api.auth("alice")
+        )
+        assert response.status_code == 405, method
+        assert response.headers["allow"] == "DELETE"
+
+
+def test_405_names_every_method_of_the_path(api: Api) -> None:
+    response = api.client.post("/api/alice/tasks/1", headers=api.auth("alice"))
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET, PATCH, PUT"
+    response = api.client.options("/api/alice/tasks", headers=api.auth("alice"))
+    assert response.headers["allow"] == "GET, POST"
 
 
 # --- Oversized bodies -------------------------------------------------------------------------

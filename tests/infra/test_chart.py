@@ -266,13 +266,15 @@ def test_api_token_can_be_turned_off() -> None:
     assert "DAPR_API_TOKEN" not in resolve_env(rendered, container(deployment, "api"))
 
 
-def test_probes_point_at_health(case: tuple[str, Rendered]) -> None:
+def test_probes_mean_what_they_say(case: tuple[str, Rendered]) -> None:
+    """Liveness never depends on the database (an outage would restart every pod)."""
     _, rendered = case
     item = container(api(rendered), "api")
     port_names = {p["name"]: p["containerPort"] for p in item["ports"]}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    paths = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
+    for probe, path in paths.items():
         http = item[probe]["httpGet"]
-        assert http["path"] == "/health"
+        assert http["path"] == path
         assert port_names[http["port"]] == 8000
     assert item["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
 

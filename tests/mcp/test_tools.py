@@ -111,12 +111,8 @@ async def test_update_changes_only_the_fields_passed() -> None:
                 {"title": "Draft", "description": "notes", "due_date": "2026-12-01T08:00:00Z"},
             )
         )["task_id"]
-        # Null means "keep": clients that send every parameter must not wipe fields.
-        result = await ok(
-            client,
-            "update_task",
-            {"task_id": task_id, "title": "Final", "description": None, "due_date": None},
-        )
+        # Omitted means "keep".
+        result = await ok(client, "update_task", {"task_id": task_id, "title": "Final"})
         assert result == {"task_id": task_id, "status": "updated", "title": "Final"}
         [row] = task_rows()
         assert (row["title"], row["description"]) == ("Final", "notes")
@@ -131,6 +127,25 @@ async def test_update_changes_only_the_fields_passed() -> None:
         await ok(client, "update_task", {"task_id": task_id, "clear_due_date": True})
         [row] = task_rows()
         assert (row["title"], row["description"], row["due_date"]) == ("Final", None, None)
+
+
+async def test_null_means_what_it_means_in_rest() -> None:
+    """REST PUT/PATCH: null clears description and due_date, and is refused for title."""
+    async with connect("alice") as client:
+        task_id = (
+            await ok(
+                client,
+                "add_task",
+                {"title": "Draft", "description": "notes", "due_date": "2026-12-01T08:00:00Z"},
+            )
+        )["task_id"]
+        assert "title" in await fails(client, "update_task", {"task_id": task_id, "title": None})
+        await ok(client, "update_task", {"task_id": task_id, "description": None})
+        [row] = task_rows()
+        assert (row["description"], row["due_date"] is not None) == (None, True)
+        await ok(client, "update_task", {"task_id": task_id, "due_date": None})
+        [row] = task_rows()
+        assert (row["title"], row["description"], row["due_date"]) == ("Draft", None, None)
 
 
 async def test_complete_uncomplete_are_idempotent() -> None:

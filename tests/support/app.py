@@ -136,7 +136,8 @@ def make_client(
 ) -> Iterator[Api]:
     """The app built from the environment `db_url` + `env`, lifespan running."""
     with app_environment(db_url, secret=secret, **env):
-        app = create_app()
+        # No secret: the quick start's generated local secret, as on a loopback `serve`.
+        app = create_app(local_secret=secret is None)
         with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
             yield Api(client=client, app=app, db_url=db_url)
 

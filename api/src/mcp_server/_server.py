@@ -15,19 +15,22 @@ from typing import TYPE_CHECKING
 
 import anyio
 from loguru import logger
-from mcp.server.auth.settings import AuthSettings
+from mcp.server.auth.routes import cors_middleware
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import AnyHttpUrl
+from mcp.shared.auth import ProtectedResourceMetadata
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from src.auth import METADATA_PATH
 from src.config import Settings
-from src.mcp_server.auth import JWTTokenVerifier, token_subject
+from src.mcp_server.auth import BearerGuard, JWTTokenVerifier, token_subject
 from src.mcp_server.task_operations import UserProvider, register_task_tools
 
 if TYPE_CHECKING:
     from fastapi import FastAPI  # not imported at run time: stdio starts faster without it
 
-__all__ = ["MCP_PATH", "build_mcp_server", "mount_mcp", "run_stdio"]
+__all__ = ["MCP_PATH", "add_resource_metadata", "build_mcp_server", "mount_mcp", "run_stdio"]
 
 MCP_PATH = "/mcp"
 
@@ -37,35 +40,18 @@ _INSTRUCTIONS = (
     "add_task and list_tasks. Due dates are ISO 8601 date-times with a time zone offset."
 )
 
-# AuthSettings requires an issuer URL, but the SDK only publishes it with a
-# `resource_server_url` (OAuth protected-resource metadata), which we do not set: tokens are
-# issued out of band (Better Auth, `pakaura token`), there is no OAuth flow to discover.
-_TOKEN_ISSUER = "https://auth.pakaura.invalid"
 
-
-def build_mcp_server(
-    settings: Settings,
-    *,
-    user_provider: UserProvider,
-    token_verifier: JWTTokenVerifier | None = None,
-) -> MCPServer:
+def build_mcp_server(settings: Settings, *, user_provider: UserProvider) -> MCPServer:
     """An MCP server with the task tools, acting as `user_provider()` for each call.
 
-    With `token_verifier` its HTTP app requires a bearer token that the verifier accepts.
-    Build one per app or process: its HTTP session manager can run only once.
+    Authentication is not its business: `mount_mcp` puts `BearerGuard` in front of its HTTP
+    app. Build one per app or process: its HTTP session manager can run only once.
     """
-    auth = (
-        AuthSettings(issuer_url=AnyHttpUrl(_TOKEN_ISSUER), resource_server_url=None)
-        if token_verifier is not None
-        else None
-    )
     server: MCPServer = MCPServer(
         "pakaura-tasks",
         title="Pakaura tasks",
         instructions=_INSTRUCTIONS,
         version="0.1.0",
-        token_verifier=token_verifier,
-        auth=auth,
         log_level="DEBUG" if settings.log_level in ("TRACE", "DEBUG") else "INFO",
     )
     register_task_tools(server, user_provider=user_provider)
@@ -90,22 +76,65 @@ def mount_mcp(app: FastAPI, settings: Settings) -> MCPServer:
     `/mcp` answers 307 to `/mcp/`. The mounted sub-app's own lifespan never runs, so its
     session manager is entered through `app.state.lifespan_parts` (see `create_app`).
     """
-    verifier = JWTTokenVerifier(app.state.auth_secret, leeway=settings.jwt_leeway_seconds)
-    server = build_mcp_server(settings, user_provider=token_subject, token_verifier=verifier)
+    # The SDK's own `token_verifier` route wrapper answers its own 401 body; BearerGuard
+    # answers the REST one (one shape for both) with the RFC 9728 `resource_metadata`.
+    verifier = JWTTokenVerifier(app.state.token_verifier)
+    server = build_mcp_server(settings, user_provider=token_subject)
     http_app = server.streamable_http_app(
         streamable_http_path="/",
         stateless_http=True,
         json_response=True,
         transport_security=_transport_security(settings.mcp_allowed_hosts),
     )
-    app.mount(MCP_PATH, http_app)
+    app.mount(MCP_PATH, BearerGuard(http_app, verifier, settings))
 
     def run_session_manager(_: Settings) -> AbstractAsyncContextManager[None]:
         return server.session_manager.run()
 
     app.state.lifespan_parts.append(run_session_manager)
     app.state.mcp_server = server
+    add_resource_metadata(app, settings)
     return server
+
+
+def add_resource_metadata(app: FastAPI, settings: Settings) -> None:
+    """RFC 9728 Protected Resource Metadata, when `AUTH_SERVER_URL` names the auth server.
+
+    Served at `/.well-known/oauth-protected-resource` (resource: the API, REST and MCP) and at
+    the path-suffixed `/.well-known/oauth-protected-resource/mcp` (resource: the MCP endpoint)
+    that MCP clients try when a 401 names no `resource_metadata`. The document is the SDK's
+    model; built per request because without `PUBLIC_URL` the resource is the request's base.
+    CORS-open like the SDK's own route: browser-based clients (MCP Inspector) read it.
+    """
+    if settings.auth_server_url is None:
+        return
+
+    def handler(suffix: str) -> object:
+        def metadata(request: Request) -> JSONResponse:
+            base = settings.public_url or str(request.base_url).rstrip("/")
+            # From plain strings: the model keeps an empty path as is (no trailing "/"), and
+            # clients compare `resource` with the URL they called.
+            document = ProtectedResourceMetadata.model_validate(
+                {
+                    "resource": base + suffix,
+                    "authorization_servers": [settings.auth_server_url],
+                    "resource_name": "Pakaura task API",
+                }
+            )
+            return JSONResponse(
+                document.model_dump(mode="json", exclude_none=True),
+                headers={"Cache-Control": "public, max-age=3600"},
+            )
+
+        return cors_middleware(metadata, ["GET", "OPTIONS"])
+
+    for suffix in ("", MCP_PATH):
+        app.add_route(
+            METADATA_PATH + suffix,
+            handler(suffix),  # type: ignore[arg-type]
+            methods=["GET", "OPTIONS"],
+            include_in_schema=False,
+        )
 
 
 def run_stdio(user: str, settings: Settings) -> None:

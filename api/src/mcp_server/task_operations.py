@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 import anyio.to_thread
 import sqlalchemy as sa
 from loguru import logger
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
@@ -142,6 +142,13 @@ def _validated(model: type[_M], values: Mapping[str, Any]) -> _M:
         raise ToolError(f"invalid arguments: {_field_errors(exc)}") from None
 
 
+def _sent_arguments(ctx: Context) -> Mapping[str, Any]:
+    """The arguments of the tools/call request as the client sent them."""
+    params = ctx.request_context.params or {}
+    arguments = params.get("arguments")
+    return arguments if isinstance(arguments, Mapping) else {}
+
+
 def _acting_user(user_provider: UserProvider, claimed: str | None) -> str:
     user = user_provider()
     if not user:
@@ -207,7 +214,7 @@ def register_task_tools(mcp: MCPServer, *, user_provider: UserProvider) -> None:
     async def add_task(
         title: Annotated[
             str,
-            Field(description=f"What to do: 1 to {MAX_TITLE} characters (trimmed)."),
+            Field(description=f"What to do: 1 to {MAX_TITLE} characters (blanks trimmed)."),
         ],
         description: Annotated[
             str | None,
@@ -262,16 +269,22 @@ def register_task_tools(mcp: MCPServer, *, user_provider: UserProvider) -> None:
     )
     async def update_task(
         task_id: TaskIdArg,
+        ctx: Context,
         title: Annotated[
             str | None,
-            Field(description=f"New title, 1 to {MAX_TITLE} characters. Omit to keep it."),
+            Field(
+                description=(
+                    f"New title, 1 to {MAX_TITLE} characters (blanks trimmed). Omit to keep it; "
+                    "null is refused."
+                )
+            ),
         ] = None,
         description: Annotated[
             str | None,
             Field(
                 description=(
                     f"New description, at most {MAX_DESCRIPTION} characters. Omit to keep it; "
-                    'an empty string "" removes it.'
+                    'null or an empty string "" removes it.'
                 )
             ),
         ] = None,
@@ -280,33 +293,35 @@ def register_task_tools(mcp: MCPServer, *, user_provider: UserProvider) -> None:
             Field(
                 description=(
                     "New due date: ISO 8601 date-time WITH a time zone offset, e.g. "
-                    "2026-12-01T09:00:00+01:00. Omit to keep it."
+                    "2026-12-01T09:00:00+01:00. Omit to keep it; null removes it."
                 )
             ),
         ] = None,
         clear_due_date: Annotated[
             bool,
-            Field(description="true removes the due date (do not pass due_date then)."),
+            Field(description="true removes the due date (the same as due_date: null)."),
         ] = False,
         user_id: UserIdArg = None,
     ) -> TaskChange:
         """Change the title, description and/or due date of one of your tasks. Only the fields
-        you pass change; omitted (or null) fields keep their value. To mark a task done use
-        complete_task."""
+        you pass change: an omitted field keeps its value, null removes the description or the
+        due date (as in the REST API's PUT/PATCH). To mark a task done use complete_task."""
         user = _acting_user(user_provider, user_id)
-        # null means "keep" rather than "clear" (unlike REST PATCH): clients that send every
-        # parameter, null for the ones they do not mean to set, must not wipe fields.
+        # As REST (T-019: same models, same meaning; `exclude_unset`): what was sent counts,
+        # null included. The validated arguments cannot tell "omitted" from null; the
+        # request's own arguments can.
+        sent = _sent_arguments(ctx)
         values: dict[str, Any] = {}
-        if title is not None:
+        if "title" in sent:
             values["title"] = title
-        if description is not None:
+        if "description" in sent:
             values["description"] = description or None
+        if "due_date" in sent:
+            values["due_date"] = due_date
         if clear_due_date:
             if due_date is not None:
                 raise ToolError("invalid arguments: pass either due_date or clear_due_date")
             values["due_date"] = None
-        elif due_date is not None:
-            values["due_date"] = due_date
         if not values:
             raise ToolError(
                 "nothing to update: pass at least one of title, description, due_date or "
