@@ -52,6 +52,8 @@ RECORD_DELAY = 0.05
 # MAX_WINDOW (which bounds the latency it adds).
 DUTY_FACTOR = 4.0
 MAX_WINDOW = 0.025
+# Rows tried after a round where nothing got through (a failed attempt costs per row).
+PROBE_BATCH = 16
 
 
 class RelayState(enum.StrEnum):
@@ -342,7 +344,10 @@ class OutboxRelay:
                 results.delete,
                 results.retry,
                 now=self._clock() if pick else None,
-                batch_size=self._batch_size,
+                # After a round where nothing got through, a small batch tries the waters.
+                batch_size=min(self._batch_size, PROBE_BATCH)
+                if self._schedule.streak
+                else self._batch_size,
                 scan_limit=self._scan_limit,
                 paused=self._schedule.paused_topics(),
                 busy=busy,
@@ -474,20 +479,25 @@ class OutboxRelay:
         return pending
 
     async def _wait_in_pause(self) -> None:
-        """Sleeps out the relay-wide pause; ends it early when the sidecar comes back."""
+        """Sleeps out the relay-wide pause, probing the sidecar's readiness: while it says it
+        is not ready the pause goes on (no sends into a dead sidecar), and it ends at once
+        when a sidecar seen unready answers again."""
         remaining = self._schedule.paused_for()
         if self._ready is None:
             await self._sleep(remaining)
             return
         await self._sleep(min(remaining, self._ready_interval))
-        if self._stopping or self._schedule.paused_for() <= 0:
+        if self._stopping:
             return
-        if not await self._probe_ready():
-            self._saw_unready = True
-        elif self._saw_unready:
-            self._saw_unready = False
-            self._schedule.pause_until = 0.0
-            logger.info("sidecar is ready again; outbox relay retries now")
+        if await self._probe_ready():
+            if self._saw_unready:
+                self._saw_unready = False
+                self._schedule.pause_until = 0.0
+                logger.info("sidecar is ready again; outbox relay retries now")
+            return
+        self._saw_unready = True
+        until = time.monotonic() + self._ready_interval
+        self._schedule.pause_until = max(self._schedule.pause_until, until)
 
     async def _wait_until_ready(self) -> bool:
         """As leader, waits for `ready`, saying what it waits for (in logs, repeated on a
