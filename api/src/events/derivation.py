@@ -88,6 +88,8 @@ def derive_task_events(
     *,
     time: datetime,
     correlation_id: str | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
     new_id: Callable[[], str] = _uuid,
 ) -> list[Message]:
     """The messages for one Task row change: lifecycle, then sync, then reminder."""
@@ -123,10 +125,18 @@ def derive_task_events(
         f'"datacontenttype":{_DATA_CONTENT_TYPE_JSON},"data":'
     )
     tail = (
-        f',"partitionkey":{key_json},"correlationid":{_encode_string(correlation_id)}}}'
+        f',"partitionkey":{key_json},"correlationid":{_encode_string(correlation_id)}'
         if correlation_id
-        else f',"partitionkey":{key_json}}}'
+        else f',"partitionkey":{key_json}'
     )
+    if traceparent:
+        # Issue 19: the change's W3C trace context (a valid traceparent, src.tracing), last so
+        # the relay finds it without parsing; `traceid` is Dapr's name for it, present so
+        # Dapr keeps ours instead of writing its own.
+        tail += f',"traceparent":"{traceparent}","traceid":"{traceparent}"'
+        if tracestate:
+            tail += f',"tracestate":{_encode_string(tracestate)}'
+    tail += "}"
     own_ids = new_id is _uuid
 
     def message(event_type: str, topic: str, data_json: str) -> Message:

@@ -30,6 +30,7 @@ from loguru import logger
 
 from hooks import Message, Outcome, SendResult
 from src.config import Settings, get_settings
+from src.tracing import trace_headers
 
 __all__ = ["CLOUDEVENTS_CONTENT_TYPE", "DaprTransport", "classify_status"]
 
@@ -193,8 +194,10 @@ class DaprTransport:
     async def _single(self, topic: str, message: Message) -> SendResult:
         path = f"/v1.0/publish/{self._pubsub}/{quote(topic, safe='')}"
         params = {"metadata.partitionKey": message.key} if message.key else None
+        # The event's own trace context (issue 19): the sidecar's publish span continues it.
+        headers = {**self._headers, **trace_headers(message.body)}
         try:
-            answer = await self._request("POST", path, message.body, self._headers, params)
+            answer = await self._request("POST", path, message.body, headers, params)
         except Exception as exc:
             return self._unreachable(exc)
         return answer.result()
