@@ -217,6 +217,7 @@ def change_context() -> TraceContext | None:
 # --- a new trace per transaction outside requests ------------------------------------------
 
 _installed = False
+_PENDING: Final = "pakaura.trace.pending"
 _install_lock = threading.Lock()
 # Root transaction -> its trace; weak, so a finished transaction takes its entry with it.
 _by_transaction: weakref.WeakKeyDictionary[SessionTransaction, TraceContext] = (
@@ -244,11 +245,21 @@ def _enter_transaction(session: Session) -> None:
         return
     root = session.get_transaction()
     if root is None:
-        return
-    context = _by_transaction.get(root)
-    if context is None:
-        context = _by_transaction[root] = TraceContext(new_traceparent())
+        # An ORM statement first in its session: the transaction begins inside the statement
+        # (after this listener); `_transaction_created` hands it this context then.
+        context = session.info.get(_PENDING)
+        if context is None:
+            context = session.info[_PENDING] = TraceContext(new_traceparent())
+    else:
+        context = _by_transaction.get(root)
+        if context is None:
+            context = _by_transaction[root] = TraceContext(new_traceparent())
     _transaction_trace.set(context)
+
+
+def _transaction_created(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None and _PENDING in session.info:
+        _by_transaction[transaction] = session.info.pop(_PENDING)
 
 
 def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
@@ -269,6 +280,7 @@ def install_transaction_context() -> None:
             return
         event.listen(Session, "before_flush", _before_flush, insert=True)
         event.listen(Session, "do_orm_execute", _do_orm_execute, insert=True)
+        event.listen(Session, "after_transaction_create", _transaction_created)
         _installed = True
 
 
