@@ -407,7 +407,6 @@ def instrument_engine(engine: sa.Engine) -> None:
     if _provider is None or engine in _engines:
         return
     from opentelemetry.instrumentation.sqlalchemy import __version__
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.metrics import get_meter
 
     with _lock:
@@ -415,9 +414,76 @@ def instrument_engine(engine: sa.Engine) -> None:
             return
         meter = get_meter("opentelemetry.instrumentation.sqlalchemy", __version__)
         usage = meter.create_up_down_counter(name="db.client.connections.usage", unit="connections")
-        EngineTracer(
+        _engine_tracer_class()(
             _provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__),
             engine,
             usage,
         )
+        event.listen(engine, "after_cursor_execute", _after_one_off)
+        event.listen(engine, "handle_error", _one_off_failed)
         _engines.add(engine)
+
+
+# SQLAlchemy runs one-off cursor statements (sequences, column defaults, and the hooks'
+# outbox INSERT, which skips the execution context for speed: issue 4) with the execution
+# context None; the instrumentation keeps its span on that context and raises
+# AttributeError on None, failing the write. A stand-in context per cursor fixes that.
+_ONE_OFF: Final = "pakaura.otel.one_off"
+
+
+class _OneOffContext:
+    __slots__ = ("_otel_span",)
+
+
+_tracer_class: type | None = None
+
+
+def _engine_tracer_class() -> type:
+    global _tracer_class
+    if _tracer_class is not None:
+        return _tracer_class
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    class _EngineTracer(EngineTracer):
+        def _before_cur_exec(
+            self,
+            conn: sa.Connection,
+            cursor: Any,
+            statement: str,
+            params: Any,
+            context: Any,
+            executemany: bool,
+        ) -> Any:
+            if context is None:
+                context = _OneOffContext()
+                conn.info.setdefault(_ONE_OFF, {})[id(cursor)] = context
+            return super()._before_cur_exec(conn, cursor, statement, params, context, executemany)
+
+    _tracer_class = _EngineTracer
+    return _tracer_class
+
+
+def _after_one_off(
+    conn: sa.Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+) -> None:
+    if context is not None:
+        return
+    pending = conn.info.get(_ONE_OFF)
+    one_off = pending.pop(id(cursor), None) if pending else None
+    span = getattr(one_off, "_otel_span", None)
+    if span is not None:
+        span.end()
+
+
+def _one_off_failed(exception_context: Any) -> None:
+    conn = exception_context.connection
+    if exception_context.execution_context is not None or conn is None:
+        return
+    pending = conn.info.get(_ONE_OFF)
+    one_off = pending.pop(id(exception_context.cursor), None) if pending else None
+    span = getattr(one_off, "_otel_span", None)
+    if span is not None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, str(exception_context.original_exception)))
+        span.end()
