@@ -249,4 +249,7 @@ def _instrument(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracing.provider())
+    # No spans per ASGI receive/send message: three spans a request, for little to see.
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracing.provider(), exclude_spans=["receive", "send"]
+    )
