@@ -91,7 +91,7 @@ class _TracedSink:
     """The outbox write as an OpenTelemetry span (issue 19), a child of the request's span.
 
     The SQLAlchemy instrumentation spans the INSERT alone; this one names the step, says how
-    many events the flush wrote and of which types, and holds the INSERT as its child.
+    many events the flush wrote and for which topics, and holds the INSERT as its child.
     """
 
     __slots__ = ("inner",)
