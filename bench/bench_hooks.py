@@ -88,6 +88,7 @@ def _models() -> Models:
     from src.events.derivation import derive_task_events
     from src.events.wiring import IGNORED_COLUMNS, install_task_hooks, outbox_wakeup, task_rule
     from src.models import Task, TaskBase, outbox_table
+    from src.tracing import new_traceparent
 
     from hooks import OutboxSink, RowChange, UTCDateTime, track, utc_now
 
@@ -158,7 +159,10 @@ def _models() -> Models:
             RowChange("update", "t", (1,), row, edited, frozenset({"title"})),
             RowChange("delete", "t", (1,), row, {}),
         ):
-            ready[(change.kind, due)] = derive_task_events(change, get_settings(), time=now)
+            # With a trace context, as every real event has one (issue 19).
+            ready[(change.kind, due)] = derive_task_events(
+                change, get_settings(), time=now, traceparent=new_traceparent()
+            )
     sink = OutboxSink(outbox_table, wakeup=outbox_wakeup)  # what the Task wiring builds
 
     def write_ready(kind: str) -> Callable[..., None]:

@@ -1,7 +1,7 @@
 """Closed-loop API benchmark with `wrk`: what events cost a task API under load (issue 15).
 
     python -m bench.bench_wrk [--db postgresql|sqlite] [--seconds 5] [--rounds 3]
-                              [--only off,on,hung,down,relay-off,seed]
+                              [--only off,on,hung,down,relay-off,seed,trace-on]
 
 `wrk` (Debian package `wrk`) runs in its own process and POSTs one task per request to
 `pakaura`'s API (`bench._api_server`), which runs on a fresh database per variant and round.
@@ -12,7 +12,8 @@ ratio against events off (`DAPR_ENABLED=false`) from the same run.
 
 Variants: `off` events off; `on` defaults, sidecar healthy; `hung` sidecar accepts and never
 answers; `down` no sidecar; `relay-off` outbox rows only (`RELAY_ENABLED=false`); `seed` the
-seed design (two publishes inside each request, no outbox).
+seed design (two publishes inside each request, no outbox); `trace-on` is `on` with
+OpenTelemetry spans made and dropped (issue 19).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, str]]] = {
     "down": ("outbox", "down", {}),
     "relay-off": ("outbox", "healthy", {"RELAY_ENABLED": "false"}),
     "seed": ("seed", "healthy", {}),
+    # Issue 19: `on` with OpenTelemetry on (FastAPI + SQLAlchemy instrumentations, outbox and
+    # delivery spans), spans made and dropped in-process: the SDK's cost without an export.
+    "trace-on": ("outbox", "healthy", {"OTEL_TRACES_EXPORTER": "none"}),
 }
 
 _LUA = """

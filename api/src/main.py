@@ -19,6 +19,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from src import tracing
 from src.auth import build_token_verifier, issue_token  # noqa: F401 - re-exported
 from src.config import Settings, get_settings
 from src.db import create_tables, get_engine
@@ -29,6 +30,7 @@ from src.mcp_server import mount_mcp
 from src.request_context import correlation_id
 from src.routes.tasks import router as tasks_router
 from src.services import TaskNotFound
+from src.tracing import from_headers, request_trace
 
 __all__ = ["create_app"]
 
@@ -40,6 +42,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 1024 * 1024
 REQUEST_ID_HEADER = b"x-request-id"
+TRACEPARENT_HEADER = b"traceparent"
+TRACESTATE_HEADER = b"tracestate"
 
 
 class _BodyTooLarge(HTTPException):
@@ -68,13 +72,22 @@ class RequestContextMiddleware:
             return
         request_id = ""
         length = 0
+        traceparent: bytes | None = None
+        tracestate: list[bytes] = []
         for key, value in scope["headers"]:
             if key == REQUEST_ID_HEADER:
                 request_id = value.decode("latin-1")[:128]
             elif key == b"content-length" and value.isdigit():
                 length = int(value)
+            elif key == TRACEPARENT_HEADER:
+                traceparent = value
+            elif key == TRACESTATE_HEADER:
+                tracestate.append(value)
         request_id = request_id or uuid.uuid4().hex
         token = correlation_id.set(request_id)
+        # The W3C trace context of the changes this request makes (issue 19); malformed or
+        # missing -> a new trace. With OpenTelemetry on, its request span takes precedence.
+        trace_token = request_trace.set(from_headers(traceparent, tracestate))
         raw_id = request_id.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:
@@ -109,6 +122,7 @@ class RequestContextMiddleware:
         if length > MAX_BODY_BYTES:
             await too_large(scope, receive, send_with_id)
             correlation_id.reset(token)
+            request_trace.reset(trace_token)
             return
         try:
             await self.app(scope, limited_receive, send_tracked)
@@ -124,6 +138,7 @@ class RequestContextMiddleware:
                 await _INTERNAL_ERROR(scope, receive, send_with_id)
             raise
         correlation_id.reset(token)
+        request_trace.reset(trace_token)
 
 
 _INTERNAL_ERROR = JSONResponse(
@@ -307,6 +322,7 @@ def create_app(settings: Settings | None = None, *, local_secret: bool = False) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             engine = get_engine()
+            tracing.instrument_engine(engine)  # a no-op unless OTEL_* turned tracing on
             if settings.database_create_tables:
                 create_tables(engine)
             for enter in app.state.lifespan_parts:
@@ -334,4 +350,18 @@ def create_app(settings: Settings | None = None, *, local_secret: bool = False) 
     app.include_router(health_router)
     app.include_router(tasks_router)
     mount_mcp(app, settings)
+    _instrument(app)
     return app
+
+
+def _instrument(app: FastAPI) -> None:
+    """The FastAPI instrumentation (a server span per request, continuing its `traceparent`)
+    when the `OTEL_*` variables turn tracing on and the `tracing` extra is installed."""
+    if not tracing.configure_from_env():
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    # No spans per ASGI receive/send message: three spans a request, for little to see.
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracing.provider(), exclude_spans=["receive", "send"]
+    )

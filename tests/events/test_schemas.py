@@ -322,8 +322,8 @@ def test_cancelled_reminder_may_lack_a_due_date() -> None:
 
 
 def test_extension_names_must_be_lowercase_alphanumeric() -> None:
-    ok = CloudEvent(id="1", source="s", type="t", traceparent="00-ab-cd-01")
-    assert json.loads(ok.to_json())["traceparent"] == "00-ab-cd-01"
+    ok = CloudEvent(id="1", source="s", type="t", traceflags="01")
+    assert json.loads(ok.to_json())["traceflags"] == "01"
     for bad in ("traceParent", "trace_id", "x" * 21):
         with pytest.raises(ValueError, match="lower-case letters"):
             CloudEvent(id="1", source="s", type="t", **{bad: "v"})

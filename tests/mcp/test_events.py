@@ -70,6 +70,8 @@ def _last_seq() -> int:
 
 
 Step = Callable[[str, dict[str, Any]], Awaitable[int | None]]
+# Per request or transaction by design (issue 19).
+_TRACE = ("traceparent", "traceid", "tracestate")
 
 
 async def _run(step: Step) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -139,7 +141,7 @@ def _normalized(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return ordinal(value)
         if key == "user_id":
             return "<user>"
-        if key in ("timestamp", "created_at", "updated_at", "correlationid"):
+        if key in ("timestamp", "created_at", "updated_at", "correlationid", *_TRACE):
             return "<varies>"
         return value
 

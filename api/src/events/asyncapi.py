@@ -88,8 +88,18 @@ def _example_task(**overrides: Any) -> dict[str, Any]:
     return task
 
 
+_EXAMPLE_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def example_event(event_type: str) -> CloudEvent:
     """A deterministic, realistic example of each event type (docs and tests)."""
+    event = _example_event(event_type)
+    # The trace context the ORM hooks add (issue 19), the W3C specification's example.
+    trace = {"traceparent": _EXAMPLE_TRACEPARENT, "traceid": _EXAMPLE_TRACEPARENT}
+    return event.model_copy(update={**trace, "tracestate": "congo=t61rcWkgMzE"})
+
+
+def _example_event(event_type: str) -> CloudEvent:
     common: dict[str, Any] = {
         "source": "pakaura-api",
         "correlation_id": "3f1c2b9e-5d7a-4c1e-9b8f-0a6d4e2c7b15",
@@ -155,7 +165,8 @@ def _envelope_schema(event_type: str) -> dict[str, Any]:
     """The CloudEvent envelope (from the `CloudEvent` model) narrowed to one event type."""
     base = CloudEvent.model_json_schema(mode="serialization")["properties"]
     props = {name: copy.deepcopy(base[name]) for name in base}
-    for name in ("subject", "time", "partitionkey", "correlationid", "datacontenttype", "data"):
+    optional = ("correlationid", "traceparent", "traceid", "tracestate")
+    for name in ("subject", "time", "partitionkey", "datacontenttype", "data", *optional):
         # Optional-with-null in the generic model; never null on the wire (absent instead).
         any_of = props[name].pop("anyOf", None)
         if any_of:
@@ -181,6 +192,18 @@ def _envelope_schema(event_type: str) -> dict[str, Any]:
     props["correlationid"]["description"] = (
         "X-Request-ID of the request that made the change (absent for changes made outside "
         "a request)."
+    )
+    props["traceparent"]["description"] = (
+        "CloudEvents distributed-tracing extension: W3C traceparent of the change (the "
+        "request's trace, or a new trace per transaction outside requests). Continue the "
+        "trace from it; all events of one request share its trace id."
+    )
+    props["traceid"]["description"] = (
+        "The same value as traceparent, under the name Dapr reads, so the sidecar keeps it."
+    )
+    props["tracestate"]["description"] = (
+        "CloudEvents distributed-tracing extension: the request's W3C tracestate, passed "
+        "through unchanged (absent when the request had none)."
     )
     for name in props:
         props[name].pop("title", None)

@@ -91,6 +91,8 @@ def derive_task_events(
     *,
     time: datetime,
     correlation_id: str | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
     new_id: Callable[[], str] = _uuid,
 ) -> list[Message]:
     """The messages for one Task row change: lifecycle, then sync, then reminder."""
@@ -134,6 +136,13 @@ def derive_task_events(
         }
         if correlation_id:
             envelope["correlationid"] = correlation_id
+        if traceparent:
+            # Issue 19: the change's W3C trace context (a valid traceparent, src.tracing), last
+            # so the relay finds it without parsing; `traceid` is Dapr's name for it, present so
+            # Dapr keeps ours instead of writing its own.
+            envelope["traceparent"] = envelope["traceid"] = traceparent
+            if tracestate:
+                envelope["tracestate"] = tracestate
         return Message(event_id, topic, key, _dumps(envelope, option=_DUMP_OPTIONS).decode())
 
     task = {

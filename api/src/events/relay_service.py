@@ -16,7 +16,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from loguru import logger
@@ -29,8 +29,18 @@ from prometheus_client import (
     generate_latest,
 )
 
-from hooks import DEFAULT_NOTIFY_CHANNEL, OutboxRelay, RelayMetrics, outbox_retry, outbox_status
+from hooks import (
+    DEFAULT_NOTIFY_CHANNEL,
+    OutboxRelay,
+    RelayMetrics,
+    Transport,
+    outbox_retry,
+    outbox_status,
+)
 from src.config import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from src.events.transport import DaprTransport
 
 __all__ = [
     "METRICS_CONTENT_TYPE",
@@ -115,10 +125,11 @@ def build_relay(
     from src.events.wiring import outbox_wakeup
 
     transport = DaprTransport(settings)
+    engine = engine if engine is not None else _engine()
     relay = OutboxRelay(
-        engine if engine is not None else _engine(),
+        engine,
         _outbox_table(),
-        transport,
+        _traced(transport, engine),
         wake=outbox_wakeup(),
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,
@@ -134,6 +145,20 @@ def build_relay(
         metrics=RelayMetrics(registry if registry is not None else new_registry()),
     )
     return relay, transport
+
+
+def _traced(transport: DaprTransport, engine: sa.Engine) -> Transport:
+    """The transport with a delivery span per event, linked to the change's span, when
+    OTEL_* turned tracing on (issue 19); the bare transport otherwise."""
+    from src import tracing
+
+    tracer = tracing.tracer()
+    if tracer is None:
+        return transport
+    from src.events.tracing_transport import TracingTransport
+
+    tracing.instrument_engine(engine)
+    return TracingTransport(transport, tracer)
 
 
 def _disabled_reason(settings: Settings, *, standalone: bool) -> str | None:
@@ -204,6 +229,9 @@ def run_relay_forever(settings: Settings) -> None:
     if reason is not None:
         raise SettingsError(f"nothing to relay: {reason} (set DAPR_ENABLED=true)")
     configure_logging(settings)
+    from src import tracing
+
+    tracing.configure_from_env()  # delivery spans when OTEL_* asks for them (issue 19)
     asyncio.run(_run_standalone(settings))
 
 

@@ -87,6 +87,8 @@ EVENT_TYPES: Final[tuple[str, ...]] = tuple(TOPIC_SETTING_FOR_TYPE)
 # CloudEvents 1.0 §"Attribute Naming Convention": lower-case ASCII letters and digits; the
 # spec recommends at most 20 characters.
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+# W3C Trace Context version 00, as the events carry it (src.tracing writes no other).
+TRACEPARENT_PATTERN: Final = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _CORE_ATTRIBUTES: Final = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"}
 )
@@ -257,6 +259,11 @@ class CloudEvent(BaseModel):
     data: dict[str, Any] | None = None
     partitionkey: str | None = Field(default=None, min_length=1)
     correlationid: str | None = Field(default=None, min_length=1)
+    # CloudEvents distributed-tracing extension (issue 19): the W3C trace context of the
+    # change; `traceid` repeats `traceparent` under Dapr's name so Dapr keeps it.
+    traceparent: str | None = Field(default=None, pattern=TRACEPARENT_PATTERN)
+    traceid: str | None = Field(default=None, pattern=TRACEPARENT_PATTERN)
+    tracestate: str | None = Field(default=None, min_length=1, max_length=512)
 
     @model_validator(mode="after")
     def _check_extensions(self) -> CloudEvent:
@@ -292,6 +299,10 @@ class CloudEvent(BaseModel):
             out["partitionkey"] = self.partitionkey
         if self.correlationid is not None:
             out["correlationid"] = self.correlationid
+        for name in ("traceparent", "traceid", "tracestate"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
         for name, value in (self.model_extra or {}).items():
             if value is not None:
                 out[name] = value

@@ -31,6 +31,7 @@ from yarl import URL
 
 from hooks import Message, Outcome, SendResult
 from src.config import Settings, get_settings
+from src.tracing import trace_headers
 
 __all__ = ["CLOUDEVENTS_CONTENT_TYPE", "DaprTransport", "classify_status"]
 
@@ -195,8 +196,10 @@ class DaprTransport:
         path = f"/v1.0/publish/{self._pubsub}/{quote(topic, safe='')}"
         if message.key:
             path += f"?metadata.partitionKey={quote(message.key, safe='')}"
+        # The event's own trace context (issue 19): the sidecar's publish span continues it.
+        headers = {**self._headers, **trace_headers(message.body)}
         try:
-            answer = await self._request("POST", path, message.body, self._headers)
+            answer = await self._request("POST", path, message.body, headers)
         except Exception as exc:
             return self._unreachable(exc)
         return answer.result()

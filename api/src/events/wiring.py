@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from loguru import logger
 from sqlalchemy.orm import Session
 
 import hooks
+from src import tracing
 from src.config import get_settings
 from src.events.derivation import derive_task_events
 from src.request_context import correlation_id
@@ -52,12 +54,16 @@ def reset_outbox_wakeup() -> hooks.WakeSignal:
 
 
 def task_rule(change: hooks.RowChange) -> list[hooks.Message]:
-    """The Task rules with the current settings, capture time and request correlation id."""
+    """The Task rules with the current settings, capture time, request correlation id and
+    the change's W3C trace context (issue 19)."""
+    trace = tracing.change_context()
     return derive_task_events(
         change,
         get_settings(),
         time=hooks.utc_now(),
         correlation_id=correlation_id.get(),
+        traceparent=trace.traceparent if trace is not None else None,
+        tracestate=trace.tracestate if trace is not None else None,
     )
 
 
@@ -79,6 +85,53 @@ def _log_committed(messages: list[hooks.Message]) -> None:
 
 
 _log_sink = hooks.AfterCommitSink(_log_committed)
+
+
+class _TracedSink:
+    """The outbox write as an OpenTelemetry span (issue 19), a child of the request's span.
+
+    The SQLAlchemy instrumentation spans the INSERT alone; this one names the step, says how
+    many events the flush wrote and for which topics, and holds the INSERT as its child.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: hooks.OutboxSink) -> None:
+        self.inner = inner
+
+    def write(
+        self, session: Session, connection: sa.Connection, messages: Sequence[hooks.Message], /
+    ) -> None:
+        tracer = tracing.tracer()
+        if tracer is None or not messages:
+            self.inner.write(session, connection, messages)
+            return
+        from opentelemetry.trace import SpanKind
+
+        attributes: dict[str, Any] = {
+            "messaging.system": "dapr",
+            "messaging.operation.type": "create",
+            "messaging.operation.name": "outbox write",
+            "messaging.batch.message_count": len(messages),
+            "messaging.destination.name": sorted({m.topic for m in messages}),
+            "db.collection.name": self.inner.table.name,
+        }
+        with tracer.start_as_current_span(
+            f"outbox write {self.inner.table.name}", kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            self.inner.write(session, connection, messages)
+
+
+_traced_sinks: dict[hooks.OutboxSink, _TracedSink] = {}
+
+
+def _traced(sink: hooks.OutboxSink) -> hooks.Sink:
+    if tracing.tracer() is None:
+        return sink
+    traced = _traced_sinks.get(sink)
+    if traced is None:
+        traced = _traced_sinks.setdefault(sink, _TracedSink(sink))
+    return traced
 
 
 def _outbox_sink(model: type) -> hooks.OutboxSink:
@@ -106,7 +159,9 @@ def install_task_hooks(model: type) -> None:
 
     def sink_factory(session: Session) -> hooks.Sink:
         if get_settings().dapr_enabled:
-            return _outbox_sink(model)
+            return _traced(_outbox_sink(model))
         return _log_sink
 
+    # Outside requests, a new trace per transaction (scripts, stdio MCP; issue 19).
+    tracing.install_transaction_context()
     hooks.track(model, task_rule, sink_factory=sink_factory, ignore=IGNORED_COLUMNS)
