@@ -4,11 +4,11 @@
                               [--only off,on,hung,down,relay-off,seed,trace-on]
 
 `wrk` (Debian package `wrk`) runs in its own process and POSTs one task per request to
-`pakaura`'s API (`bench._api_server`), which runs on a fresh database per variant and round.
-The emulated sidecar runs in a process of its own (`bench._sidecar`). Per variant and round:
-p50 latency with one connection (`-c1`), and requests/s with eight connections (`-c8`).
-Rounds run the variants in rotating order; the summary is the median over rounds and the
-ratio against events off (`DAPR_ENABLED=false`) from the same run.
+`pakaura`'s API (`bench._api_server`). Every variant's API runs at once, each on a fresh
+database with its own emulated sidecar process (`bench._sidecar`), and wrk takes them in turn:
+per variant and round, p50 latency with one connection (`-c1`) and requests/s with eight
+(`-c8`). Rounds rotate the order; the summary is the median over rounds and the ratio against
+events off (`DAPR_ENABLED=false`) from the same run.
 
 Variants: `off` events off; `on` defaults, sidecar healthy; `hung` sidecar accepts and never
 answers; `down` no sidecar; `relay-off` outbox rows only (`RELAY_ENABLED=false`); `seed` the
@@ -19,6 +19,7 @@ OpenTelemetry spans made and dropped (issue 19).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +96,13 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[st
     return {"p50": _parse_ms(p50.group(1)), "p99": _parse_ms(p99.group(1)), "rps": float(rps[1])}
 
 
-def one_variant(db: str, name: str, seconds: float, token: str, secret: str) -> dict[str, Any]:
+@contextmanager
+def served(db: str, name: str, token: str, secret: str, tmp: Path) -> Iterator[tuple[str, Path]]:
+    """The API of variant `name` on a fresh database with its own sidecar process: yields the
+    POST url and the wrk script."""
     mode, state, extra = VARIANTS[name]
-    with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
-        script = Path(tmp) / "post.lua"
+    with database(db) as url, sidecar(tmp) as car:
+        script = tmp / f"post-{name}.lua"
         script.write_text(_LUA.format(token=token))
         port = _free_port()
         env = {
@@ -121,27 +127,17 @@ def one_variant(db: str, name: str, seconds: float, token: str, secret: str) -> 
                 car.stop()
             elif state == "hung" and car.proc is not None:
                 car.proc.send_signal(signal.SIGUSR1)
-            target = f"{base}/api/alice/tasks"
-            run_wrk(target, script, 1, min(2.0, seconds))  # warm-up: caches, pool, JIT-less
-            single = run_wrk(target, script, 1, seconds)
-            many = run_wrk(target, script, 8, seconds)
+            yield f"{base}/api/alice/tasks", script
         finally:
             server.terminate()
             server.wait(30)
-    return {
-        "variant": name,
-        "p50_ms": round(single["p50"], 3),
-        "p99_ms": round(single["p99"], 3),
-        "rps_c1": round(single["rps"], 1),
-        "rps_c8": round(many["rps"], 1),
-    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default 5)")
-    parser.add_argument("--rounds", type=int, default=3, help="rotating rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rotating rounds (default 5)")
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -155,13 +151,32 @@ def main() -> int:
         if n not in VARIANTS:
             parser.error(f"unknown variant {n!r}; known: {', '.join(VARIANTS)}")
     results: list[dict[str, Any]] = []
-    for round_no in range(args.rounds):
-        shift = round_no % len(names)
-        for name in names[shift:] + names[:shift]:
-            result = one_variant(args.db, name, args.seconds, token, secret)
-            result["round"] = round_no + 1
-            results.append(result)
-            print(json.dumps(result), flush=True)
+    # Every variant's server runs at once (fresh database and sidecar each) and wrk takes
+    # them in turn, round after round, order rotating: drift of the machine hits all alike.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        targets = {}
+        for name in names:
+            folder = Path(tmp) / name
+            folder.mkdir()
+            targets[name] = stack.enter_context(served(args.db, name, token, secret, folder))
+        for url, script in targets.values():  # warm-up: caches, pools
+            run_wrk(url, script, 1, 2)
+        for round_no in range(args.rounds):
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                url, script = targets[name]
+                single = run_wrk(url, script, 1, args.seconds)
+                many = run_wrk(url, script, 8, args.seconds)
+                result = {
+                    "variant": name,
+                    "round": round_no + 1,
+                    "p50_ms": round(single["p50"], 3),
+                    "p99_ms": round(single["p99"], 3),
+                    "rps_c1": round(single["rps"], 1),
+                    "rps_c8": round(many["rps"], 1),
+                }
+                results.append(result)
+                print(json.dumps(result), flush=True)
     medians: dict[str, dict[str, float]] = {}
     for name in names:
         runs = [r for r in results if r["variant"] == name]

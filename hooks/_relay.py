@@ -47,11 +47,11 @@ LATENCY_SAMPLES = 32
 # seconds (one database hop per round under load), else alone.
 RECORD_DELAY = 0.05
 # Adaptive batching: under load the next round waits until DUTY_FACTOR times the last round's
-# duration has passed since it started (the relay takes at most about a fifth of the time, so
-# a slow or contended round makes the next one gather more), at least `linger`, at most
-# MAX_WINDOW (which bounds the latency it adds).
-DUTY_FACTOR = 4.0
-MAX_WINDOW = 0.025
+# duration has passed since it started (rounds take at most about half the time, and a slow or
+# contended round makes the next one gather more), at least `linger`, at most MAX_WINDOW
+# (which bounds the latency it adds: commit-to-sidecar p50 <= 5 ms at 200 commits/s).
+DUTY_FACTOR = 1.0
+MAX_WINDOW = 0.01
 # Rows tried after a round where nothing got through (a failed attempt costs per row).
 PROBE_BATCH = 16
 
