@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, TextIO
+from typing import Any, Self, TextIO, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["CLOUDEVENTS_JSON", "Call", "Delivery", "DevSidecar", "format_delivery", "run"]
@@ -313,25 +313,11 @@ class DevSidecar:
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Delivery]:
         """Waits until at least `count` deliveries arrived; returns them (raises on time-out)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.received
-            if len(got) >= count:
-                return got
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"expected {count} deliveries, got {len(got)}")
-            time.sleep(0.005)
+        return _wait_for_length(lambda: self.received, count, timeout, "deliveries")
 
     def wait_for_calls(self, count: int, timeout: float = 5.0) -> list[Call]:
         """Waits until at least `count` requests were answered (or given up, when hung)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.calls
-            if len(got) >= count:
-                return got
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"expected {count} calls, got {len(got)}")
-            time.sleep(0.005)
+        return _wait_for_length(lambda: self.calls, count, timeout, "calls")
 
     # --- configuration and faults --------------------------------------------------------------
 
@@ -852,3 +838,20 @@ def run(
                 pass
         except KeyboardInterrupt:
             pass
+
+
+_T = TypeVar("_T")
+
+
+def _wait_for_length(
+    read: Callable[[], list[_T]], count: int, timeout: float, what: str
+) -> list[_T]:
+    """Polls `read()` until it holds at least `count` items; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = read()
+        if len(got) >= count:
+            return got
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"expected {count} {what}, got {len(got)}")
+        time.sleep(0.005)

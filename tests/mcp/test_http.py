@@ -9,20 +9,10 @@ from fastapi.testclient import TestClient
 from src.config import get_settings
 
 from tests.mcp.conftest import LiveApp, fails, http_client, ok, task_rows, token
+from tests.support.mcp_requests import INITIALIZE
+from tests.support.mcp_requests import MCP_HEADERS as JSONRPC_HEADERS
 
 pytestmark = pytest.mark.anyio
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "test", "version": "1"},
-    },
-}
-JSONRPC_HEADERS = {"Accept": "application/json, text/event-stream"}
 
 
 BAD_AUTHORIZATION = {

@@ -24,20 +24,10 @@ from src.main import create_app
 
 from tests.support.app import TEST_SECRET, Api, make_client, make_token
 from tests.support.jwks import ALGORITHMS, JwksServer, jwks_server
+from tests.support.mcp_requests import INITIALIZE, MCP_HEADERS
 
 ISSUER = "https://auth.example.test"
 AUDIENCE = "https://api.example.test"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "test", "version": "1"},
-    },
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
 
 
 def _b64(data: bytes) -> str:

@@ -10,19 +10,9 @@ from datetime import timedelta
 import pytest
 
 from tests.support.app import Api, make_client, make_token
+from tests.support.mcp_requests import INITIALIZE, MCP_HEADERS
 
 AUTH_SERVER = "https://auth.example.test/api/auth"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "test", "version": "1"},
-    },
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
 
 
 @pytest.fixture
