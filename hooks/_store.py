@@ -104,6 +104,9 @@ class OutboxStore:
                 next_attempt_at=sa.bindparam("b_next", type_=t.c.next_attempt_at.type),
             )
         )
+        self._pages = self._paged(self._select)
+        self._count = sa.select(sa.func.count()).select_from(t)
+        self._oldest = sa.select(t.c.created_at).order_by(t.c.seq).limit(1)
         dialect = engine.dialect.name
         self._seqs = _SeqList(t.c.seq, dialect)
         self._delete = sa.delete(t).where(self._seqs.member)
@@ -214,29 +217,41 @@ class OutboxStore:
         """Pages from the outbox head until the batch is full, the table ends or `scan_limit`
         rows were read (bounded time and memory for any backlog), all in one snapshot. Keys in
         `busy` (a batch on the wire) are left out, with all their rows."""
-        base = self._select
+        first_page, next_page = self._pages
         if paused:
-            base = base.where(self.table.c.topic.not_in(sorted(paused)))
+            first_page, next_page = self._paged(
+                self._select.where(self.table.c.topic.not_in(sorted(paused)))
+            )
         page = max(batch_size, 200)
-        first = self._autocommit().execute(base.limit(page), {"now": now}).all()
+        params = {"now": now, "page": page}
+        first = self._autocommit().execute(first_page, params).all()
         if len(first) < page or not self._needs_snapshot:
-            return self._scan(self._autocommit(), base, first, now, batch_size, scan_limit, busy)
+            return self._scan(
+                self._autocommit(), next_page, first, params, batch_size, scan_limit, busy
+            )
         conn = self._snapshot()  # more than a page: read them all from one snapshot
         with conn.begin():
-            first = conn.execute(base.limit(page), {"now": now}).all()
-            return self._scan(conn, base, first, now, batch_size, scan_limit, busy)
+            first = conn.execute(first_page, params).all()
+            return self._scan(conn, next_page, first, params, batch_size, scan_limit, busy)
+
+    def _paged(self, select: sa.Select[Any]) -> tuple[sa.Select[Any], sa.Select[Any]]:
+        """(first page, the page after :after) of `select`, built once: SQLAlchemy keeps a
+        statement object's cache key, which costs more to make than the rest of the call."""
+        page = sa.bindparam("page", type_=sa.Integer())
+        after = sa.bindparam("after", type_=sa.BigInteger())
+        return select.limit(page), select.where(self.table.c.seq > after).limit(page)
 
     def _scan(
         self,
         conn: sa.Connection,
-        base: sa.Select[Any],
+        next_page: sa.Select[Any],
         chunk: Sequence[Any],
-        now: datetime,
+        params: dict[str, Any],
         batch_size: int,
         scan_limit: int,
         busy: frozenset[Key],
     ) -> Pick:
-        page = max(batch_size, 200)
+        page = params["page"]
         pick = Pick()
         seen: set[Key] = set(busy)
         picked: set[Key] = set()
@@ -262,16 +277,10 @@ class OutboxStore:
             if len(chunk) < page or scanned >= scan_limit:
                 pick.more = pick.more or len(chunk) == page
                 return pick
-            stmt = base.where(self.table.c.seq > chunk[-1][0]).limit(page)
-            chunk = conn.execute(stmt, {"now": now}).all()
+            chunk = conn.execute(next_page, {**params, "after": chunk[-1][0]}).all()
 
     def stats(self) -> tuple[int, datetime | None]:
         """(backlog, created time of the oldest row)."""
-        t = self.table
         conn = self._autocommit()
-        count = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-        if not count:
-            return 0, None
-        return int(count), conn.execute(
-            sa.select(t.c.created_at).order_by(t.c.seq).limit(1)
-        ).scalar()
+        count = conn.execute(self._count).scalar_one()
+        return (int(count), conn.execute(self._oldest).scalar()) if count else (0, None)

@@ -33,27 +33,26 @@ class WakeSignal:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
-        self._pending = False
+        self._pending = False  # a _fire is scheduled on the loop
+        self._set = False  # notified since the last wait returned
+        self._waiter: asyncio.Future[bool] | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Binds the signal to the running loop of the relay that waits on it."""
         with self._lock:
             self._loop = loop or asyncio.get_running_loop()
-            self._event = asyncio.Event()
-            self._pending = False
+            self._pending = self._set = False
 
     def detach(self) -> None:
         with self._lock:
             self._loop = None
-            self._event = None
-            self._pending = False
+            self._pending = self._set = False
 
     def notify(self) -> None:
         try:
             with self._lock:
-                loop, event = self._loop, self._event
-                if loop is None or event is None or self._pending:
+                loop = self._loop
+                if loop is None or self._pending:
                     return
                 self._pending = True
             if loop.is_closed():
@@ -69,31 +68,36 @@ class WakeSignal:
         except Exception:  # a wake-up must never break a commit
             return
 
-    def _fire(self) -> None:
+    def _fire(self) -> None:  # on the loop
         with self._lock:
             self._pending = False
-            event = self._event
-        if event is not None:
-            event.set()
-
-    def is_set(self) -> bool:
-        """True when a notify came since the last `wait` returned (or is on its way)."""
-        event = self._event
-        return self._pending or (event is not None and event.is_set())
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     async def wait(self, timeout: float) -> bool:
-        """Waits for a notify or `timeout` seconds; True when woken by a notify."""
-        event = self._event
-        if event is None:
-            await asyncio.sleep(timeout)
-            return False
+        """Waits for a notify or `timeout` seconds; True when woken by a notify.
+
+        One future and one timer per wait (no task: `asyncio.wait_for` would make one per
+        round, a measurable share of a round's cost)."""
+        if self._set:
+            self._set = False
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            return False
+            return await waiter
         finally:
-            event.clear()
-        return True
+            timer.cancel()
+            self._waiter = None
+            self._set = False
+
+
+def _resolve(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class NotifyListener:
