@@ -248,15 +248,12 @@ def _sqlite_lock_path(url: sa.URL) -> Path | None:
     return Path(database).resolve().with_name(Path(database).name + ".relay-lock")
 
 
-def leadership_for(
-    engine: sa.Engine | sa.URL, name: str, *, identity: str | None = None
-) -> Leadership:
-    """The leadership that fits the database; `name` tells relays of one database apart."""
-    url = engine if isinstance(engine, sa.URL) else engine.url
+def leadership_for(engine: sa.Engine, name: str, *, identity: str | None = None) -> Leadership:
+    """The leadership that fits `engine`'s database; `name` tells relays of one database apart.
+    On PostgreSQL the lock's connection comes from `engine` (its creator and connect args)."""
+    url = engine.url
     backend = url.get_backend_name()
     if backend == "postgresql":
-        if isinstance(engine, sa.URL):
-            engine = sa.create_engine(engine, poolclass=sa.pool.NullPool)
         return PostgresLeadership(engine, advisory_key(name), identity=identity)
     if backend == "sqlite":
         path = _sqlite_lock_path(url)

@@ -49,10 +49,10 @@ def test_one_relay_leads_the_other_stands_by_and_takes_over_when_it_stops(outbox
     later = [("task-events", f"after-{k}") for k in range(5)]
 
     async def scenario() -> tuple[list[str], list[str]]:
-        a = quick_relay(outbox, first, leadership=leadership_for(outbox[0].url, "event_outbox"))
+        a = quick_relay(outbox, first, leadership=leadership_for(outbox[0], "event_outbox"))
         await a.start()
         await eventually(lambda: a.state is RelayState.LEADER)
-        b = quick_relay(outbox, second, leadership=leadership_for(outbox[0].url, "event_outbox"))
+        b = quick_relay(outbox, second, leadership=leadership_for(outbox[0], "event_outbox"))
         await b.start()
         await eventually(lambda: b.state is RelayState.STANDBY)
         ids = write_events(*outbox, events)
@@ -78,7 +78,7 @@ def test_one_relay_leads_the_other_stands_by_and_takes_over_when_it_stops(outbox
 
 
 def test_in_memory_sqlite_always_leads() -> None:
-    assert isinstance(leadership_for(sa.make_url("sqlite://"), "event_outbox"), AlwaysLeader)
+    assert isinstance(leadership_for(sa.create_engine("sqlite://"), "event_outbox"), AlwaysLeader)
 
 
 @pytest.mark.postgres

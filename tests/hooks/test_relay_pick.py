@@ -165,10 +165,8 @@ def test_leader_lock_and_listen_use_the_engines_creator(pg_database_url: str) ->
 
     # The URL alone names no server or database: only the creator can connect.
     engine = sa.create_engine("postgresql+psycopg://", creator=creator)
-    _, table = make_outbox(pg_database_url, wipe=True)
-    from hooks import build_outbox_table
-
-    table = build_outbox_table(sa.MetaData())
+    made_with_url, table = make_outbox(pg_database_url, wipe=True)
+    made_with_url.dispose()
     fake = FakeTransport()
     writer = sa.create_engine(real)
 

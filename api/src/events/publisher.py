@@ -12,7 +12,7 @@ event must not be lost.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -151,7 +151,10 @@ class EventPublisher:
         await self.transport.aclose()
 
     async def _build_and_publish(
-        self, build: Any, correlation_id: str | None, time: datetime | None
+        self,
+        build: Callable[[dict[str, Any]], CloudEvent],
+        correlation_id: str | None,
+        time: datetime | None,
     ) -> SendResult:
         common = {
             "source": self.settings.events_source,
