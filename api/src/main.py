@@ -15,6 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -235,57 +236,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+# Swagger UI and ReDoc from assets packaged with fastapi-offline (FastAPI's defaults load them
+# from a CDN: blank offline).
 DOCS_ASSETS_URL = "/docs-assets"
-
-
-def _install_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs and ReDoc at /redoc from assets packaged with the project
-    (fastapi-offline's copies): FastAPI's defaults load them from a CDN, blank offline."""
-    from importlib.resources import files
-
-    from fastapi.openapi.docs import (
-        get_redoc_html,
-        get_swagger_ui_html,
-        get_swagger_ui_oauth2_redirect_html,
-    )
-    from fastapi.responses import HTMLResponse
-    from fastapi.staticfiles import StaticFiles
-
-    assets = files("fastapi_offline") / "static"
-    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(assets)), name="docs-assets")
-    openapi_url = app.openapi_url or "/openapi.json"
-    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
-
-    def _root(request: Request) -> str:
-        return str(request.scope.get("root_path", ""))
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui(request: Request) -> HTMLResponse:
-        root = _root(request)
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{openapi_url}",
-            title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{redirect_url}",
-            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            swagger_ui_parameters=app.swagger_ui_parameters,
-        )
-
-    @app.get(redirect_url, include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        root = _root(request)
-        return get_redoc_html(
-            openapi_url=f"{root}{openapi_url}",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            with_google_fonts=False,
-        )
 
 
 def _relay_part(app: FastAPI) -> Callable[[Settings], AbstractAsyncContextManager[None]]:
@@ -331,13 +284,12 @@ def create_app(settings: Settings | None = None, *, local_secret: bool = False) 
             yield
         logger.info("pakaura api stopped")
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="Pakaura task API",
         version="0.1.0",
         lifespan=lifespan,
         description="Tasks per user. Every committed change becomes CloudEvents on Dapr.",
-        docs_url=None,  # served from packaged assets by _install_docs
-        redoc_url=None,
+        static_url=DOCS_ASSETS_URL,
     )
     app.state.token_verifier = token_verifier
     app.state.settings = settings
@@ -346,7 +298,6 @@ def create_app(settings: Settings | None = None, *, local_secret: bool = False) 
     app.state.relay = None
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
-    _install_docs(app)
     app.include_router(health_router)
     app.include_router(tasks_router)
     mount_mcp(app, settings)
