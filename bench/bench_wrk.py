@@ -45,6 +45,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, str]]] = {
     "hung": ("outbox", "hung", {}),
     "down": ("outbox", "down", {}),
     "relay-off": ("outbox", "healthy", {"RELAY_ENABLED": "false"}),
+    # The relay in the API's own event loop (the default before issue 15's child process).
+    "inline": ("outbox", "healthy", {"RELAY_MODE": "inline"}),
+    "nice0": ("outbox", "healthy", {"RELAY_NICE": "0"}),
+    "nice19": ("outbox", "healthy", {"RELAY_NICE": "19"}),
     "seed": ("seed", "healthy", {}),
     # Issue 19: `on` with OpenTelemetry on (FastAPI + SQLAlchemy instrumentations, outbox and
     # delivery spans), spans made and dropped in-process: the SDK's cost without an export.

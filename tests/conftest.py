@@ -58,6 +58,10 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
             "DEV_SECRET_FILE",
         }:
             monkeypatch.delenv(name, raising=False)
+    # The relay runs in the test's own process (RELAY_MODE=inline) so tests can watch and fault
+    # it; tests/events/test_relay_process.py covers the child process that "auto" means on
+    # PostgreSQL.
+    monkeypatch.setenv("RELAY_MODE", "inline")
     # The generated local secret lives under the per-user config directory: one per test.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.chdir(tmp_path)

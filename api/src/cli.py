@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(group: argparse._SubParsersAction[_Parser], name: str, text: str) -> _Parser:
         return group.add_parser(name, help=text, description=text, formatter_class=_Formatter)
 
-    serve = command(commands, "serve", "run the API (uvicorn), with the outbox relay in-process")
+    serve = command(commands, "serve", "run the API (uvicorn) and its outbox relay (RELAY_MODE)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port to listen on")
     serve.set_defaults(run=_serve)

@@ -101,8 +101,13 @@ class Settings(BaseSettings):
     topic_task_updates: str = Field(default="task-updates", min_length=1)
     topic_reminders: str = Field(default="reminders", min_length=1)
 
-    # In-process relay (issue 8); `pakaura relay` runs it alone.
+    # The API runs the relay (issue 8); `pakaura relay` runs it alone.
     relay_enabled: bool = True
+    # Where the API runs it (issue 15, T-016): "process" a child process at lower CPU priority,
+    # "inline" the API's own event loop; "auto" is "process" on PostgreSQL, "inline" on SQLite.
+    relay_mode: Literal["auto", "process", "inline"] = "auto"
+    # Niceness the child relay adds (0-19): it yields CPU to requests when CPU is short.
+    relay_nice: int = Field(default=10, ge=0, le=19)
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0, le=300)
     # The shortest adaptive-batching window of the relay, in seconds (docs/relay.md, T-016).
@@ -184,6 +189,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def relay_in_child(self) -> bool:
+        """Whether the API runs its relay in a child process (RELAY_MODE, issue 15)."""
+        return self.relay_mode == "process" or (self.relay_mode == "auto" and not self.is_sqlite)
 
     @property
     def dapr_base_url(self) -> str:

@@ -40,6 +40,7 @@ from hooks import (
 from src.config import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from src.events.relay_process import RelayProcess
     from src.events.transport import DaprTransport
 
 __all__ = [
@@ -78,19 +79,25 @@ class RelayHandle:
     registry: CollectorRegistry
     disabled_reason: str | None = None
     _closers: list[Any] = field(default_factory=list)
+    child: RelayProcess | None = None
 
     def status(self) -> dict[str, Any]:
         """The relay part of /health: state (leader, standby, …), backlog, oldest age."""
+        if self.child is not None:
+            return self.child.status()
         if self.relay is None:
             return {"state": "disabled", "reason": self.disabled_reason}
         return self.relay.status().as_dict()
 
     def metrics(self) -> bytes:
         """The Prometheus exposition for /metrics (content type `METRICS_CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        own = generate_latest(self.registry)
+        return own + self.child.metrics() if self.child is not None else own
 
     async def stop(self) -> None:
         """Drains for at most RELAY_DRAIN_TIMEOUT seconds; unsent events stay in the outbox."""
+        if self.child is not None:
+            await self.child.stop()
         if self.relay is not None:
             await self.relay.stop()
         for close in self._closers:
@@ -175,13 +182,20 @@ async def start_relay(
     engine: sa.Engine | None = None,
     registry: CollectorRegistry | None = None,
 ) -> RelayHandle:
-    """Starts the in-process relay as a background task (returns at once, never blocks on
-    the sidecar); a disabled handle when DAPR_ENABLED or RELAY_ENABLED is false."""
+    """Starts the API's relay in the background, as a child process or a task of this loop
+    (RELAY_MODE); returns at once, never blocks on the sidecar. A disabled handle when
+    DAPR_ENABLED or RELAY_ENABLED is false."""
     registry = registry if registry is not None else new_registry()
     reason = _disabled_reason(settings, standalone=False)
     if reason is not None:
         logger.bind(relay_state="disabled").info(f"outbox relay not started: {reason}")
         return RelayHandle(None, registry, reason)
+    if settings.relay_in_child:
+        from src.events.relay_process import RelayProcess
+
+        child = RelayProcess(settings)
+        await child.start()
+        return RelayHandle(None, registry, None, child=child)
     relay, transport = build_relay(settings, engine=engine, registry=registry)
     await relay.start()
     return RelayHandle(relay, registry, None, [transport.aclose])

@@ -1,0 +1,196 @@
+"""The API's outbox relay in a child process at lower CPU priority (issue 15, T-016).
+
+Why: a relay round costs a few milliseconds of CPU (queries, HTTP, bookkeeping). Inside the API
+process it took the GIL and the core from the next request; under a closed loop that was most of
+what events cost (docs/benchmarks.md). As a child with `RELAY_NICE` it runs on an idle core when
+there is one, and when CPU is short the kernel serves requests first: events wait a little
+longer and then go out in bigger batches, which is the cheapest way to deliver them.
+
+- Parent, `RelayProcess` (the API's lifespan, `RELAY_MODE`): starts `python -m
+  src.events.relay_process` with the API's settings in its environment, keeps the status line
+  it writes every second (for `/health` and `/metrics`), restarts it after 1, 2, 4 … 30 s if
+  it dies, and stops it by closing its stdin; it then drains for `RELAY_DRAIN_TIMEOUT`.
+- Child, `main()`: lowers its priority, relays like `pakaura relay` (leadership included, so
+  several API processes still have one relay between them), and exits when its stdin closes,
+  also when the API process was killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import orjson
+from loguru import logger
+
+from src.config import Settings, get_settings
+
+__all__ = ["RelayProcess", "child_environment", "main"]
+
+REPORT_EVERY = 1.0  # seconds between status lines, sooner when the state changes
+_MAX_RESTART_DELAY = 30.0
+_STATUS_LINE_LIMIT = 4 * 1024 * 1024
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment that gives the child the parent's settings, whatever their source."""
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    for name, value in settings:
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        json_typed = isinstance(value, (bool, int, float, list, dict))
+        env[name.upper()] = orjson.dumps(value).decode() if json_typed else str(value)
+    return env
+
+
+class RelayProcess:
+    """Runs and supervises the child relay; `status()` and `metrics()` are its last report."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._report: dict[str, Any] = {}
+        self.restarts = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="relay-process")
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = dict(self._report.get("status") or {"state": "starting"})
+        proc = self._proc
+        running = proc is not None and proc.returncode is None
+        status["process"] = {
+            "pid": proc.pid if running and proc is not None else None,
+            "restarts": self.restarts,
+        }
+        return status
+
+    def metrics(self) -> bytes:
+        """The child's relay metrics in Prometheus text form (empty before its first report)."""
+        return str(self._report.get("metrics", "")).encode()
+
+    async def _supervise(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            code = await self._run_once()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            delay = 1.0 if time.monotonic() - started > 60 else delay
+            logger.bind(relay_state="restarting").error(
+                f"relay process exited with code {code}; starting it again in {delay:.0f} s"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, _MAX_RESTART_DELAY)
+
+    async def _run_once(self) -> int | None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "src.events.relay_process",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=child_environment(self._settings),
+            # Ctrl-C in a terminal goes to the API, which then stops the child by its stdin.
+            start_new_session=True,
+            limit=_STATUS_LINE_LIMIT,
+        )
+        self._proc = proc
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self._report = orjson.loads(line)
+        return await proc.wait()
+
+    async def stop(self) -> None:
+        """Closes the child's stdin: it drains for RELAY_DRAIN_TIMEOUT and exits."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), self._settings.relay_drain_timeout + 10)
+            except TimeoutError:
+                logger.warning("relay process did not stop in time; killing it")
+                proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _relay_for_parent(settings: Settings, report_fd: int) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from src.db import make_engine
+    from src.events.relay_service import build_relay
+
+    engine = make_engine(settings.database_url, pool_size=2)
+    registry = CollectorRegistry()  # relay metrics only: the API reports its own process
+    relay, transport = build_relay(settings, engine=engine, registry=registry)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Future[None]] = []
+
+    def stop() -> None:
+        loop.remove_reader(0)
+        stopping.append(asyncio.ensure_future(relay.stop()))
+
+    def on_stdin() -> None:
+        if not os.read(0, 4096):  # EOF: the API process stopped or died
+            stop()
+
+    async def report() -> None:
+        last: dict[str, Any] = {}
+        sent = 0.0
+        while True:
+            status = relay.status().as_dict()
+            now = time.monotonic()
+            if status != last or now - sent >= REPORT_EVERY:
+                line = {"status": status, "metrics": generate_latest(registry).decode()}
+                os.write(report_fd, orjson.dumps(line) + b"\n")
+                last, sent = status, now
+            await asyncio.sleep(REPORT_EVERY / 4)
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    reporter = asyncio.create_task(report())
+    try:
+        loop.add_reader(0, on_stdin)
+        await relay.run()
+    finally:
+        reporter.cancel()
+        await transport.aclose()
+        engine.dispose()
+
+
+def main() -> None:
+    """The child: `python -m src.events.relay_process`, started by `RelayProcess` only."""
+    settings = get_settings()
+    os.nice(settings.relay_nice)
+    # Status lines go to the parent through the original stdout; anything else written to
+    # stdout lands on stderr beside the logs.
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from src import tracing
+    from src.logging_setup import configure_logging
+
+    configure_logging(settings)
+    tracing.configure_from_env()  # delivery spans when OTEL_* asks for them (issue 19)
+    asyncio.run(_relay_for_parent(settings, report_fd))
+
+
+if __name__ == "__main__":
+    main()
