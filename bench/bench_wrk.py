@@ -101,9 +101,11 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[st
 
 
 @contextmanager
-def served(db: str, name: str, token: str, secret: str, tmp: Path) -> Iterator[tuple[str, Path]]:
+def served(
+    db: str, name: str, token: str, secret: str, tmp: Path
+) -> Iterator[tuple[str, Path, str]]:
     """The API of variant `name` on a fresh database with its own sidecar process: yields the
-    POST url and the wrk script."""
+    POST url, the wrk script and the database URL."""
     mode, state, extra = VARIANTS[name]
     with database(db) as url, sidecar(tmp) as car:
         script = tmp / f"post-{name}.lua"
@@ -131,10 +133,34 @@ def served(db: str, name: str, token: str, secret: str, tmp: Path) -> Iterator[t
                 car.stop()
             elif state == "hung" and car.proc is not None:
                 car.proc.send_signal(signal.SIGUSR1)
-            yield f"{base}/api/alice/tasks", script
+            yield f"{base}/api/alice/tasks", script, url
         finally:
             server.terminate()
             server.wait(30)
+
+
+def backlog(db_url: str) -> int:
+    """Rows waiting in the outbox (0 when the variant writes none)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("event_outbox"):
+                return 0
+            return int(conn.execute(sa.text("SELECT count(*) FROM event_outbox")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def caught_up(db_url: str, name: str, timeout: float = 60.0) -> None:
+    """Fails the run unless the outbox of variant `name` empties within `timeout` seconds."""
+    started = time.monotonic()
+    while (left := backlog(db_url)) > 0:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{name}: {left} events still waiting after {timeout:.0f} s")
+        time.sleep(0.2)
+    print(f"{name}: every event delivered ({time.monotonic() - started:.1f} s after the last run)")
 
 
 def main() -> int:
@@ -163,14 +189,15 @@ def main() -> int:
             folder = Path(tmp) / name
             folder.mkdir()
             targets[name] = stack.enter_context(served(args.db, name, token, secret, folder))
-        for url, script in targets.values():  # warm-up: caches, pools
+        for url, script, _ in targets.values():  # warm-up: caches, pools
             run_wrk(url, script, 1, 2)
         for round_no in range(args.rounds):
             shift = round_no % len(names)
             for name in names[shift:] + names[:shift]:
-                url, script = targets[name]
+                url, script, db_url = targets[name]
                 single = run_wrk(url, script, 1, args.seconds)
                 many = run_wrk(url, script, 8, args.seconds)
+                waiting = backlog(db_url)  # events the relay has not delivered yet
                 result = {
                     "variant": name,
                     "round": round_no + 1,
@@ -178,23 +205,30 @@ def main() -> int:
                     "p99_ms": round(single["p99"], 3),
                     "rps_c1": round(single["rps"], 1),
                     "rps_c8": round(many["rps"], 1),
+                    "backlog_after_c8": waiting,
                 }
                 results.append(result)
                 print(json.dumps(result), flush=True)
+        for name in names:  # a healthy sidecar gets every event: the relay caught up
+            mode, state, extra = VARIANTS[name]
+            relaying = mode == "outbox" and extra.get("RELAY_ENABLED") != "false"
+            if relaying and state == "healthy":
+                caught_up(targets[name][2], name)
     medians: dict[str, dict[str, float]] = {}
     for name in names:
         runs = [r for r in results if r["variant"] == name]
         medians[name] = {
             k: round(statistics.median(r[k] for r in runs), 3)
-            for k in ("p50_ms", "p99_ms", "rps_c1", "rps_c8")
+            for k in ("p50_ms", "p99_ms", "rps_c1", "rps_c8", "backlog_after_c8")
         }
     off = medians.get("off")
-    print(f"\n| variant ({args.db}) | p50 ms | p50 vs off | req/s c8 | vs off |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"\n| variant ({args.db}) | p50 ms | p50 vs off | req/s c8 | vs off | waiting after c8 |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, m in medians.items():
         ratio = f"{m['p50_ms'] / off['p50_ms']:.2f}x" if off else "-"
         tput = f"{m['rps_c8'] / off['rps_c8']:.2f}" if off else "-"
-        print(f"| {name} | {m['p50_ms']:.2f} | {ratio} | {m['rps_c8']:.0f} | {tput} |")
+        waiting = f"{m['backlog_after_c8']:.0f}"
+        print(f"| {name} | {m['p50_ms']:.2f} | {ratio} | {m['rps_c8']:.0f} | {tput} | {waiting} |")
     return 0
 
 
