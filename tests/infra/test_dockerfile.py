@@ -78,10 +78,12 @@ def test_entrypoint_is_pakaura_serving_the_chart_port(
     assert env["APP_ENV"] == "production"
 
 
-def test_healthcheck_targets_health(stages: list[list[dockerfile.Command]]) -> None:
+def test_healthcheck_targets_livez(stages: list[list[dockerfile.Command]]) -> None:
+    # Liveness, as the chart's probe: /health answers 503 while the database is away, and a
+    # restart would not bring the database back.
     check = only(stages[-1], "HEALTHCHECK")
     assert check.json and check.value[0] == "CMD"
-    assert "/health" in " ".join(check.value)
+    assert "/livez" in " ".join(check.value)
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -104,7 +106,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
 
     def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/health" else 404)
+        self.send_response(self.status if self.path == "/livez" else 404)
         self.end_headers()
         self.wfile.write(b"{}")
 
