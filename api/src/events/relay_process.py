@@ -83,19 +83,22 @@ class RelayProcess:
         delay = 1.0
         while not self._stopping.is_set():
             started = time.monotonic()
-            code = await self._run_once()
+            try:
+                code: int | str | None = await self._run_once()
+            except OSError as exc:  # could not start it at all (e.g. out of processes)
+                code = type(exc).__name__
             if self._stopping.is_set():
                 return
             self.restarts += 1
             delay = 1.0 if time.monotonic() - started > 60 else delay
             logger.bind(relay_state="restarting").error(
-                f"relay process exited with code {code}; starting it again in {delay:.0f} s"
+                f"relay process ended ({code}); starting it again in {delay:.0f} s"
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, _MAX_RESTART_DELAY)
 
-    async def _run_once(self) -> int | None:
+    async def _run_once(self) -> int:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -108,7 +111,9 @@ class RelayProcess:
             limit=_STATUS_LINE_LIMIT,
         )
         self._proc = proc
-        assert proc.stdout is not None
+        assert proc.stdin is not None and proc.stdout is not None
+        if self._stopping.is_set():  # stop() came while it was starting
+            proc.stdin.close()
         async for line in proc.stdout:
             with contextlib.suppress(orjson.JSONDecodeError):
                 self._report = orjson.loads(line)
@@ -121,15 +126,17 @@ class RelayProcess:
         if proc is not None and proc.returncode is None:
             assert proc.stdin is not None
             proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), self._settings.relay_drain_timeout + 10)
-            except TimeoutError:
-                logger.warning("relay process did not stop in time; killing it")
-                proc.kill()
-                await proc.wait()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._task), self._settings.relay_drain_timeout + 10
+            )
+        except TimeoutError:
+            logger.warning("relay process did not stop in time; killing it")
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.kill()
+            await self._task
 
 
 async def _relay_for_parent(settings: Settings, report_fd: int) -> None:
@@ -178,7 +185,7 @@ async def _relay_for_parent(settings: Settings, report_fd: int) -> None:
 def main() -> None:
     """The child: `python -m src.events.relay_process`, started by `RelayProcess` only."""
     settings = get_settings()
-    os.nice(settings.relay_nice)
+    os.nice(settings.relay_nice)  # POSIX, as the stdin watch below: Linux and macOS
     # Status lines go to the parent through the original stdout; anything else written to
     # stdout lands on stderr beside the logs.
     report_fd = os.dup(1)
