@@ -1,18 +1,9 @@
-"""The API's outbox relay in a child process at lower CPU priority (issue 15, T-016).
+"""The API's outbox relay as a child process at lower CPU priority (issue 15, T-016).
 
-Why: a relay round costs a few milliseconds of CPU (queries, HTTP, bookkeeping). Inside the API
-process it took the GIL and the core from the next request; under a closed loop that was most of
-what events cost (docs/benchmarks.md). As a child with `RELAY_NICE` it runs on an idle core when
-there is one, and when CPU is short the kernel serves requests first: events wait a little
-longer and then go out in bigger batches, which is the cheapest way to deliver them.
-
-- Parent, `RelayProcess` (the API's lifespan, `RELAY_MODE`): starts `python -m
-  src.events.relay_process` with the API's settings in its environment, keeps the status line
-  it writes every second (for `/health` and `/metrics`), restarts it after 1, 2, 4 … 30 s if
-  it dies, and stops it by closing its stdin; it then drains for `RELAY_DRAIN_TIMEOUT`.
-- Child, `main()`: lowers its priority, relays like `pakaura relay` (leadership included, so
-  several API processes still have one relay between them), and exits when its stdin closes,
-  also when the API process was killed.
+A relay round's CPU no longer lands on the API's requests: the child runs on an idle core, and
+when CPU is short the kernel serves requests first (events then leave in bigger batches). The
+parent (`RelayProcess`) restarts the child if it dies and stops it by closing its stdin, which a
+killed API closes too; the child (`main()`) reports its status on stdout. See docs/relay.md.
 """
 
 from __future__ import annotations
@@ -20,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from loguru import logger
+from prometheus_client import CollectorRegistry, generate_latest
 
 from src.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from hooks import OutboxRelay
+    from src.events.relay_service import Watch
 
 __all__ = ["RelayProcess", "child_environment", "main"]
 
@@ -139,27 +135,19 @@ class RelayProcess:
             await self._task
 
 
-async def _relay_for_parent(settings: Settings, report_fd: int) -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
+def _reporting(report_fd: int, registry: CollectorRegistry) -> Watch:
+    """Writes the relay's status to the parent (on change, at least every REPORT_EVERY
+    seconds) and stops the relay when stdin closes: the API process stopped or died."""
 
-    from src.db import make_engine
-    from src.events.relay_service import build_relay
+    async def watch(relay: OutboxRelay, stop: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
 
-    engine = make_engine(settings.database_url, pool_size=2)
-    registry = CollectorRegistry()  # relay metrics only: the API reports its own process
-    relay, transport = build_relay(settings, engine=engine, registry=registry)
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Future[None]] = []
+        def on_stdin() -> None:
+            if not os.read(0, 4096):
+                loop.remove_reader(0)
+                stop()
 
-    def stop() -> None:
-        loop.remove_reader(0)
-        stopping.append(asyncio.ensure_future(relay.stop()))
-
-    def on_stdin() -> None:
-        if not os.read(0, 4096):  # EOF: the API process stopped or died
-            stop()
-
-    async def report() -> None:
+        loop.add_reader(0, on_stdin)
         last: dict[str, Any] = {}
         sent = 0.0
         while True:
@@ -171,32 +159,21 @@ async def _relay_for_parent(settings: Settings, report_fd: int) -> None:
                 last, sent = status, now
             await asyncio.sleep(REPORT_EVERY / 4)
 
-    loop.add_signal_handler(signal.SIGTERM, stop)
-    reporter = asyncio.create_task(report())
-    try:
-        loop.add_reader(0, on_stdin)
-        await relay.run()
-    finally:
-        reporter.cancel()
-        await transport.aclose()
-        engine.dispose()
+    return watch
 
 
 def main() -> None:
     """The child: `python -m src.events.relay_process`, started by `RelayProcess` only."""
+    from src.events.relay_service import run_relay_forever
+
     settings = get_settings()
-    os.nice(settings.relay_nice)  # POSIX, as the stdin watch below: Linux and macOS
+    os.nice(settings.relay_nice)  # POSIX, as the stdin watch: Linux and macOS
     # Status lines go to the parent through the original stdout; anything else written to
     # stdout lands on stderr beside the logs.
     report_fd = os.dup(1)
     os.dup2(2, 1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from src import tracing
-    from src.logging_setup import configure_logging
-
-    configure_logging(settings)
-    tracing.configure_from_env()  # delivery spans when OTEL_* asks for them (issue 19)
-    asyncio.run(_relay_for_parent(settings, report_fd))
+    registry = CollectorRegistry()  # relay metrics only: the API reports its own process
+    run_relay_forever(settings, registry=registry, watch=_reporting(report_fd, registry))
 
 
 if __name__ == "__main__":

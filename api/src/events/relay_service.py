@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -216,27 +216,44 @@ async def running_relay(
         await handle.stop()
 
 
-async def _run_standalone(settings: Settings) -> None:
+# Runs beside the relay with it and a `stop` callable (the child process's reporting).
+Watch = Callable[[OutboxRelay, Callable[[], None]], Coroutine[Any, Any, None]]
+
+
+async def _run_standalone(
+    settings: Settings, registry: CollectorRegistry | None, watch: Watch | None
+) -> None:
     from src.db import create_tables
 
     engine = _engine(settings)
     if settings.database_create_tables:
         await asyncio.to_thread(create_tables, engine)
-    relay, transport = build_relay(settings, engine=engine)
+    relay, transport = build_relay(settings, engine=engine, registry=registry)
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Future[None]] = []
+
+    def stop() -> None:
+        stopping.append(asyncio.ensure_future(relay.stop()))
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(relay.stop()))
+            loop.add_signal_handler(signum, stop)
+    watcher = asyncio.create_task(watch(relay, stop)) if watch is not None else None
     logger.info("pakaura relay started")
     try:
         await relay.run()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await transport.aclose()
         engine.dispose()
 
 
-def run_relay_forever(settings: Settings) -> None:
-    """`pakaura relay`: relays until SIGTERM/SIGINT, then drains and exits."""
+def run_relay_forever(
+    settings: Settings, *, registry: CollectorRegistry | None = None, watch: Watch | None = None
+) -> None:
+    """`pakaura relay` (and the API's child relay): relays until SIGTERM/SIGINT (or `watch`
+    stops it), then drains and exits."""
     from src.logging_setup import configure_logging
 
     reason = _disabled_reason(settings, standalone=True)
@@ -246,7 +263,7 @@ def run_relay_forever(settings: Settings) -> None:
     from src import tracing
 
     tracing.configure_from_env()  # delivery spans when OTEL_* asks for them (issue 19)
-    asyncio.run(_run_standalone(settings))
+    asyncio.run(_run_standalone(settings, registry, watch))
 
 
 def print_outbox_status(settings: Settings, stream: IO[str]) -> None:
