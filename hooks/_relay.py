@@ -278,7 +278,7 @@ class OutboxRelay:
         # A backlog: the next batch is read while this one is on the wire (its keys are left
         # out of that read, so a key never has two events in flight).
         flying: asyncio.Task[Settlement] | None = None
-        busy: frozenset[tuple[str, str]] = frozenset()
+        busy: list[OutboxRow] = []
         confirm_at = 0.0
         try:
             while not (self._stopping and time.monotonic() >= self._drain_deadline):
@@ -300,7 +300,7 @@ class OutboxRelay:
                 had_flying = flying is not None
                 if flying is not None:
                     pending = pending.merged(await flying)
-                    flying, busy = None, frozenset()
+                    flying, busy = None, []
                 if pick is None:  # database error: paused
                     continue
                 self._next_due = pick.next_due
@@ -311,7 +311,7 @@ class OutboxRelay:
                     sending = asyncio.ensure_future(self._deliver(pick.rows))
                     if pick.more:  # a backlog: read on while this batch is sent
                         flying = sending
-                        busy = frozenset((r.message.topic, r.message.key) for r in pick.rows)
+                        busy = pick.rows
                         continue
                     pending = pending.merged(await sending)
                     took = time.monotonic() - self._last_round
@@ -333,7 +333,7 @@ class OutboxRelay:
                 listener.stop()
 
     async def _round(
-        self, results: Settlement, *, pick: bool, busy: frozenset[tuple[str, str]] = frozenset()
+        self, results: Settlement, *, pick: bool, busy: Sequence[OutboxRow] = ()
     ) -> Pick | None:
         """Records `results`, then (with `pick`) picks the next batch leaving out the `busy`
         keys: one hop to the database thread. None on a database error (the results are
