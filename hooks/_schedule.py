@@ -96,6 +96,11 @@ class Schedule:
     def settle(
         self, rows: Sequence[OutboxRow], results: Sequence[SendResult], now: datetime
     ) -> Settlement:
+        if all(r.outcome is Outcome.OK for r in results):  # the usual round, row by row no more
+            self.streak = 0
+            for topic in {r.message.topic for r in rows} if self._topics else ():
+                self._topics.pop(topic, None)
+            return Settlement([r.seq for r in rows], delivered=list(rows))
         out = Settlement()
         refused: dict[str, bool] = {}  # topic -> every message refused as PERMANENT so far
         for row, result in zip(rows, results, strict=True):

@@ -48,14 +48,20 @@ class Pick:
 def _member(column: sa.ColumnElement[Any], name: str, dialect: str) -> tuple[Any, Callable]:
     """`column IN (:name)` with one bound parameter however long the list (an expanding IN
     is compiled anew for every length), and the function that encodes the list for it."""
-    if dialect == "postgresql":
+    if dialect == "postgresql":  # a text, not a list: psycopg dumps lists in Python, slowly
         from sqlalchemy.dialects.postgresql import ARRAY
 
-        return column == sa.any_(sa.bindparam(name, type_=ARRAY(column.type))), list
+        array = sa.func.string_to_array(sa.bindparam(name, type_=sa.Text()), "\x1f")
+        encode = "\x1f".join if isinstance(column.type, sa.String) else _join_ints
+        return column == sa.any_(sa.cast(array, ARRAY(column.type))), encode
     if dialect == "sqlite":
         values = sa.func.json_each(sa.bindparam(name, type_=sa.Text())).table_valued("value")
         return column.in_(sa.select(values.c.value)), json.dumps
     return column.in_(sa.bindparam(name, expanding=True)), list
+
+
+def _join_ints(values: list[int]) -> str:
+    return "\x1f".join(map(str, values))
 
 
 class OutboxStore:
@@ -74,7 +80,7 @@ class OutboxStore:
         if dialect.name != "postgresql":
             self._to_time = when.type.dialect_impl(dialect).result_processor(dialect, None)
         busy, self._encode = _member(t.c.seq, "busy", dialect.name)
-        paused, _ = _member(t.c.topic, "paused", dialect.name)
+        paused, self._encode_text = _member(t.c.topic, "paused", dialect.name)
         self._select = (
             sa.select(
                 t.c.seq,
@@ -144,7 +150,7 @@ class OutboxStore:
                 pass
 
     def _conn(self, name: str) -> sa.Connection:
-        """"auto": autocommit, single statements; "writer": transactions of several
+        """ "auto": autocommit, single statements; "writer": transactions of several
         statements; "snapshot": multi-page picks (PostgreSQL)."""
         conn = self._conns.get(name)
         if conn is None or conn.closed or conn.invalidated:
@@ -204,7 +210,7 @@ class OutboxStore:
             "page": max(batch_size, 200),
             "after": 0,
             "busy": self._encode([r.seq for r in busy]),
-            "paused": self._encode(sorted(paused)),
+            "paused": self._encode_text(sorted(paused)),
         }
         keys = {(r.message.topic, r.message.key) for r in busy}
         args = (params, batch_size, scan_limit, keys)
@@ -248,7 +254,9 @@ class OutboxStore:
                     continue
                 if to_time is not None:
                     created = to_time(created)
-                rows.append(OutboxRow(seq, Message(event_id, topic, key, payload), attempts, created))
+                rows.append(
+                    OutboxRow(seq, Message(event_id, topic, key, payload), attempts, created)
+                )
                 picked.add(k)
                 if len(rows) >= batch_size:
                     pick.more = True

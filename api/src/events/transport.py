@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps of a str, in C
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -164,11 +165,11 @@ class DaprTransport:
         if not bulk or len(messages) < 2:
             return await self._singles(topic, messages)
         results: list[SendResult] = []
-        for chunk in _chunks(messages):
+        for chunk, body in _bulk_bodies(messages):
             if self._mode == "auto" and self.bulk_unsupported:
                 results += await self._singles(topic, chunk)
             else:
-                results += await self._bulk(topic, chunk)
+                results += await self._bulk(topic, chunk, body)
             last = results[-1]
             if (last.status is None and not last.ok) or last.status in _TOPIC_WIDE:
                 results += [last] * (len(messages) - len(results))  # the rest would fail alike
@@ -204,19 +205,7 @@ class DaprTransport:
             return self._unreachable(exc)
         return answer.result()
 
-    async def _bulk(self, topic: str, messages: list[Message]) -> list[SendResult]:
-        # The stored JSON is embedded as is: no parse/serialise round trip per event. Only
-        # per-entry metadata: request-level metadata would override the partition keys.
-        body = (
-            "["
-            + ",".join(
-                f'{{"entryId":{json.dumps(m.id)},"event":{m.body},'
-                f'"contentType":"{CLOUDEVENTS_CONTENT_TYPE}",'
-                f'"metadata":{{"partitionKey":{json.dumps(m.key)}}}}}'
-                for m in messages
-            )
-            + "]"
-        )
+    async def _bulk(self, topic: str, messages: list[Message], body: bytes) -> list[SendResult]:
         for index in range(self._bulk_path, len(_BULK_PATHS)):
             path = f"{_BULK_PATHS[index]}/{self._pubsub}/{quote(topic, safe='')}"
             try:
@@ -271,11 +260,15 @@ class DaprTransport:
         return session
 
     async def _request(
-        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: str | bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> _Answer:
         # A ready-made, already quoted URL: aiohttp neither joins nor re-encodes it.
         url = URL(self.base_url + path, encoded=True)
-        data = body.encode() if body is not None else None
+        data = body.encode() if isinstance(body, str) else body
         async with self._session().request(method, url, data=data, headers=headers) as response:
             text = "" if response.status == 204 else await response.text(errors="replace")
             return _Answer(response.status, text)
@@ -309,14 +302,25 @@ def _failed_entries(payload: Any) -> dict[str, str] | None:
     return failed or None
 
 
-def _chunks(messages: list[Message]) -> list[list[Message]]:
-    chunks: list[list[Message]] = [[]]
+def _bulk_bodies(messages: list[Message]) -> list[tuple[list[Message], bytes]]:
+    """Bulk request bodies of at most _MAX_BULK_ENTRIES / _MAX_BULK_BYTES, with their messages.
+
+    The stored CloudEvent JSON is embedded as is (no parse and re-serialise per event). Only
+    per-entry metadata: request-level metadata would override the partition keys."""
+    out: list[tuple[list[Message], bytes]] = []
+    chunk: list[Message] = []
+    entries: list[str] = []
     size = 0
-    for message in messages:
-        length = len(message.body) + 200
-        if chunks[-1] and (size + length > _MAX_BULK_BYTES or len(chunks[-1]) >= _MAX_BULK_ENTRIES):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(message)
-        size += length
-    return chunks
+    for m in messages:
+        entry = (
+            f'{{"entryId":{_quote(m.id)},"event":{m.body},"contentType":"{CLOUDEVENTS_CONTENT_TYPE}",'
+            f'"metadata":{{"partitionKey":{_quote(m.key)}}}}}'
+        )
+        if chunk and (size + len(entry) > _MAX_BULK_BYTES or len(chunk) >= _MAX_BULK_ENTRIES):
+            out.append((chunk, f"[{','.join(entries)}]".encode()))
+            chunk, entries, size = [], [], 0
+        chunk.append(m)
+        entries.append(entry)
+        size += len(entry) + 1
+    out.append((chunk, f"[{','.join(entries)}]".encode()))
+    return out
