@@ -428,7 +428,8 @@ class OutboxRelay:
             )
         step = max(1, len(settled.delivered) // LATENCY_SAMPLES)
         for row in settled.delivered[::step]:
-            self.metrics.latency.observe(max(0.0, (now - row.created_at).total_seconds()))
+            age = (now - self._store.created_at(row)).total_seconds()
+            self.metrics.latency.observe(max(0.0, age))
         self._published += len(settled.delivered)
         if not settled.failures:
             return

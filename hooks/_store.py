@@ -30,7 +30,7 @@ class OutboxRow:
     seq: int
     message: Message
     attempts: int
-    created_at: datetime
+    created: Any  # as the driver returns it: OutboxStore.created_at() converts it
 
 
 @dataclass(slots=True)
@@ -46,14 +46,15 @@ class Pick:
 
 
 def _member(column: sa.ColumnElement[Any], name: str, dialect: str) -> tuple[Any, Callable]:
-    """`column IN (:name)` with one bound parameter however long the list (an expanding IN
-    is compiled anew for every length), and the function that encodes the list for it."""
+    """`column IN (list)` with one bound parameter however long the list (an expanding IN is
+    compiled anew for every length), as a subquery (hashed: `= ANY(array)` compares every row
+    with every item), and the function that encodes the list for it."""
     if dialect == "postgresql":  # a text, not a list: psycopg dumps lists in Python, slowly
         from sqlalchemy.dialects.postgresql import ARRAY
 
         array = sa.func.string_to_array(sa.bindparam(name, type_=sa.Text()), "\x1f")
         encode = "\x1f".join if isinstance(column.type, sa.String) else _join_ints
-        return column == sa.any_(sa.cast(array, ARRAY(column.type))), encode
+        return column.in_(sa.select(sa.func.unnest(sa.cast(array, ARRAY(column.type))))), encode
     if dialect == "sqlite":
         values = sa.func.json_each(sa.bindparam(name, type_=sa.Text())).table_valued("value")
         return column.in_(sa.select(values.c.value)), json.dumps
@@ -252,8 +253,6 @@ class OutboxStore:
                     if pick.next_due is None or waiting < pick.next_due:
                         pick.next_due = waiting
                     continue
-                if to_time is not None:
-                    created = to_time(created)
                 rows.append(
                     OutboxRow(seq, Message(event_id, topic, key, payload), attempts, created)
                 )
@@ -268,6 +267,10 @@ class OutboxStore:
             if one_page:
                 return None
             after = chunk[-1][0]
+
+    def created_at(self, row: OutboxRow) -> datetime:
+        """When `row` was written (converted on demand: only a few rows per round need it)."""
+        return self._to_time(row.created) if self._to_time else row.created
 
     def stats(self) -> tuple[int, datetime | None]:
         """(backlog, created time of the oldest row)."""
