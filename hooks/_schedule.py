@@ -1,13 +1,6 @@
-"""When the relay tries again: the one back-off and pause policy (T-016).
-
-Failures are charged to the narrowest cause:
-- nothing in a round got through (sidecar down, hung, misconfigured): the relay pauses as a
-  whole (capped exponential back-off with jitter) and retries the same head rows afterwards;
-  it does not walk the backlog against a dead sidecar;
-- every message of a topic was refused as a configuration error: that topic pauses, the other
-  topics keep flowing;
-- otherwise the failed row itself is due again after its own back-off (by its `attempts`).
-No event is ever dropped; every failure counts in `attempts` and records `last_error`.
+"""When the relay tries again: the one back-off and pause policy (T-016). A failure is
+charged to the narrowest cause: the whole relay (nothing got through), a topic (all of its
+messages refused as configuration errors) or the row itself (docs/relay.md, "Failures").
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
-"""`DaprTransport`: Dapr's HTTP publish API, over aiohttp (T-011, T-016; contract §3).
-
-The relay's `hooks.Transport` and the one HTTP path of the app. `send(messages)` returns one
-`hooks.SendResult` per message, in order, and never raises: 2xx → OK; connection error,
-time-out, 5xx, 408/425/429 → TRANSIENT; other answers (400/401/403/404) → PERMANENT.
-
-- One request per topic, the topics concurrently. Two or more messages of a topic go in bulk
-  (`DAPR_BULK_PUBLISH=auto|always`), per-entry results read from `failedEntries`; `auto`
-  falls back to single publish (and remembers it) on a sidecar without the bulk API.
-- Each message's partition key travels as `metadata.partitionKey` (the Kafka component
-  ignores the CloudEvent `partitionkey`); the body is the stored CloudEvent JSON, sent as is
-  with `Content-Type: application/cloudevents+json` so Dapr keeps our envelope.
-- Early stop, to spare a dead or misconfigured sidecar a request per event: after a
-  connection error or time-out, a 401/403/404, or three 5xx in a row, the topic's remaining
-  single publishes are not attempted and get that result. The relay decides when to retry.
-
-Ordering is the relay's job: it never hands over two events of one (topic, key) at once.
+"""`DaprTransport`: Dapr's HTTP publish API over aiohttp, the app's one HTTP path (T-011,
+T-016; contract §3). `send(messages)` returns one `hooks.SendResult` per message, in order,
+and never raises: 2xx OK; connection error, time-out, 5xx, 408/425/429 TRANSIENT; other
+answers PERMANENT. One request per topic, the topics concurrently; two or more messages of a
+topic go in bulk (per-entry results from `failedEntries`; `DAPR_BULK_PUBLISH=auto` falls back
+to single publish on a sidecar without bulk and remembers it). After a connection error or
+time-out, a 401/403/404, or three 5xx in a row, a topic's remaining messages are not tried
+and get that result. Ordering is the relay's job (docs/relay.md).
 """
 
 from __future__ import annotations
@@ -89,11 +80,8 @@ class _Answer:
 
 
 class DaprTransport:
-    """Publishes through the sidecar of `settings` (default: `get_settings()`).
-
-    One aiohttp session (a keep-alive pool to the one local origin) per event loop, opened on
-    first use; `aclose()` closes the running loop's.
-    """
+    """Publishes through the sidecar of `settings` (default: `get_settings()`), with one
+    aiohttp session per event loop, opened on first use; `aclose()` closes the running loop's."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         s = self.settings = settings if settings is not None else get_settings()
