@@ -12,6 +12,7 @@ import contextlib
 import enum
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -398,14 +399,12 @@ class OutboxRelay:
         return await sending
 
     def _count(self, settled: Settlement, now: datetime) -> None:
-        per_topic: dict[str, int] = {}
-        for row in settled.delivered:
-            per_topic[row.message.topic] = per_topic.get(row.message.topic, 0) + 1
+        per_topic = Counter(row.message.topic for row in settled.delivered)
         for topic, count in per_topic.items():
             self.metrics.published.labels(topic).inc(count)
         if settled.delivered:  # one line per round, not per event (T-015)
-            keys = list(dict.fromkeys(r.message.key for r in settled.delivered))
-            logger.bind(topics=per_topic, task_ids=keys[:20], outcome="ok").info(
+            keys = list(dict.fromkeys(r.message.key for r in settled.delivered))[:20]
+            logger.bind(topics=dict(per_topic), task_ids=keys, outcome="ok").info(
                 "{} events published", len(settled.delivered)
             )
         step = max(1, len(settled.delivered) // LATENCY_SAMPLES)

@@ -237,7 +237,7 @@ class OutboxStore:
         pick = Pick()
         rows = pick.rows
         seen = set(busy)
-        picked: set[Key] = set()
+        waiting_keys: set[Key] = set()  # keys passed over: not due yet
         scanned = 0
         after = 0
         while True:
@@ -245,10 +245,11 @@ class OutboxStore:
             for seq, event_id, topic, key, payload, attempts, waiting, created in chunk:
                 k = (topic, key)
                 if k in seen:  # a key's later rows wait for its first
-                    pick.more = pick.more or k in picked or k in busy
+                    pick.more = pick.more or k not in waiting_keys  # once recorded
                     continue
                 seen.add(k)
                 if waiting is not None:
+                    waiting_keys.add(k)
                     waiting = to_time(waiting) if to_time else waiting
                     if pick.next_due is None or waiting < pick.next_due:
                         pick.next_due = waiting
@@ -256,7 +257,6 @@ class OutboxStore:
                 rows.append(
                     OutboxRow(seq, Message(event_id, topic, key, payload), attempts, created)
                 )
-                picked.add(k)
                 if len(rows) >= batch_size:
                     pick.more = True
                     return pick
