@@ -1,15 +1,6 @@
-"""Which process relays: exactly one per database (T-016).
-
-- PostgreSQL: a session advisory lock on a connection taken from the application's engine (so
-  its `creator`, `connect_args` and connect events apply: TLS files, IAM tokens) and held for
-  as long as the process leads. The server drops the lock when that session ends, also when
-  the process is killed, so a standby's next attempt (about every second) wins.
-- SQLite: an exclusive `flock` on a lock file next to the database file, released by the
-  kernel when the holder dies.
-- Anything else (in-memory SQLite, other dialects): the process always leads.
-
-The leader's identity (host, pid, and what it waits for) is readable by `describe_leader()`.
-"""
+"""Which process relays: exactly one per database, and who it is (T-016; docs/relay.md,
+"One relay per database"): a PostgreSQL session advisory lock on a connection of the
+application's engine, an exclusive `flock` next to a SQLite file, else always this process."""
 
 from __future__ import annotations
 
@@ -27,16 +18,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from loguru import logger
 
-__all__ = [
-    "AlwaysLeader",
-    "FileLockLeadership",
-    "Leadership",
-    "PostgresLeadership",
-    "advisory_key",
-    "describe_leader",
-    "leadership_for",
-    "process_identity",
-]
+__all__ = ["AlwaysLeader", "Leadership", "describe_leader", "leadership_for"]
 
 try:  # POSIX only; elsewhere a SQLite database gets `AlwaysLeader`.
     import fcntl
@@ -45,28 +27,21 @@ except ImportError:  # pragma: no cover - Windows
 
 
 class Leadership(Protocol):
-    """Leader election as the relay needs it; no method raises."""
+    """Leader election as the relay needs it; no method raises. `acquire` tries once without
+    waiting; `confirm` is False once leadership is lost; `announce` adds a note ("waiting for
+    the sidecar at …") to the identity that `describe_leader` reads."""
 
-    async def acquire(self) -> bool:
-        """Tries once, without waiting; True when this process now leads (or already did)."""
-        ...
-
-    async def confirm(self) -> bool:
-        """True while still leading; False once leadership is lost (call `acquire` again)."""
-        ...
-
-    async def announce(self, note: str) -> None:
-        """Adds `note` (e.g. "waiting for the sidecar at …") to the identity others read."""
-        ...
-
+    async def acquire(self) -> bool: ...
+    async def confirm(self) -> bool: ...
+    async def announce(self, note: str) -> None: ...
     async def release(self) -> None: ...
 
 
-def process_identity() -> str:
+def _identity() -> str:
     return f"pakaura-relay {socket.gethostname()} pid {os.getpid()}"
 
 
-def advisory_key(name: str) -> int:
+def _advisory_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for `name` (the outbox table's name)."""
     digest = hashlib.blake2b(f"hooks.relay:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -86,16 +61,16 @@ class AlwaysLeader:
         return None
 
 
-class FileLockLeadership:
+class _FileLock:
     """An exclusive `flock` on `path`; the file holds the leader's identity while locked."""
 
-    def __init__(self, path: Path, *, identity: str | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.identity = identity or process_identity()
+        self.identity = _identity()
         self._fd: int | None = None
 
     async def acquire(self) -> bool:
-        if self._fd is not None or fcntl is None:
+        if self._fd is not None:
             return True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -124,7 +99,7 @@ class FileLockLeadership:
 
     async def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is None or fcntl is None:
+        if fd is None:
             return
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -133,23 +108,14 @@ class FileLockLeadership:
             os.close(fd)
 
 
-class PostgresLeadership:
-    """`pg_try_advisory_lock(key)` on a connection of `engine`, kept while leading.
+class _AdvisoryLock:
+    """`pg_try_advisory_lock(key)` on a connection of `engine`, kept while leading. `confirm()`
+    round-trips on it at most once a second, and looks at its socket in between."""
 
-    `confirm()` round-trips on it: a live session still holds its lock, a broken one has lost it
-    (the server released it), so the relay stops sending at once.
-    """
-
-    # Between two round trips, `confirm()` only looks at the session's socket.
-    recheck_interval = 1.0
-
-    def __init__(
-        self, engine: sa.Engine, key: int, *, identity: str | None = None, timeout: float = 5.0
-    ) -> None:
+    def __init__(self, engine: sa.Engine, key: int) -> None:
         self.engine = engine
         self.key = key
-        self.identity = identity or process_identity()
-        self._timeout = timeout
+        self.identity = _identity()
         self._conn: sa.Connection | None = None
         self._held = False
         # application_name holds 63 bytes: the note rides on the confirm query as a comment
@@ -175,7 +141,7 @@ class PostgresLeadership:
                 self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             return self._conn.execute(sa.text(sql), params).scalar()
 
-        return await asyncio.wait_for(asyncio.to_thread(run), self._timeout)
+        return await asyncio.wait_for(asyncio.to_thread(run), 5.0)
 
     async def acquire(self) -> bool:
         if self._held and await self.confirm():
@@ -200,7 +166,7 @@ class PostgresLeadership:
             return True  # a round trip less per round: a killed session shows on its socket
         try:
             await self._run(self._confirm_sql)
-            self._checked_until = time.monotonic() + self.recheck_interval
+            self._checked_until = time.monotonic() + 1.0
             return True
         except Exception as exc:
             logger.bind(error=f"{type(exc).__name__}: {exc}").warning(
@@ -248,18 +214,13 @@ def _sqlite_lock_path(url: sa.URL) -> Path | None:
     return Path(database).resolve().with_name(Path(database).name + ".relay-lock")
 
 
-def leadership_for(engine: sa.Engine, name: str, *, identity: str | None = None) -> Leadership:
-    """The leadership that fits `engine`'s database; `name` tells relays of one database apart.
-    On PostgreSQL the lock's connection comes from `engine` (its creator and connect args)."""
-    url = engine.url
-    backend = url.get_backend_name()
+def leadership_for(engine: sa.Engine, name: str) -> Leadership:
+    """The leadership that fits `engine`'s database; `name` tells relays of one database apart."""
+    backend = engine.url.get_backend_name()
     if backend == "postgresql":
-        return PostgresLeadership(engine, advisory_key(name), identity=identity)
-    if backend == "sqlite":
-        path = _sqlite_lock_path(url)
-        if path is not None and fcntl is not None:
-            return FileLockLeadership(path, identity=identity)
-    return AlwaysLeader()
+        return _AdvisoryLock(engine, _advisory_key(name))
+    path = _sqlite_lock_path(engine.url) if backend == "sqlite" else None
+    return _FileLock(path) if path is not None and fcntl is not None else AlwaysLeader()
 
 
 _PG_HOLDER = sa.text(
@@ -276,7 +237,7 @@ def describe_leader(engine: sa.Engine, name: str) -> str | None:
     url = engine.url
     backend = url.get_backend_name()
     if backend == "postgresql":
-        key = advisory_key(name)
+        key = _advisory_key(name)
         with engine.connect() as conn:
             row = conn.execute(
                 _PG_HOLDER, {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}

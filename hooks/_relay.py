@@ -1,18 +1,8 @@
-"""The outbox relay loop: pick a batch, send it, record the results, wait for more (T-016).
+"""The outbox relay loop: wait, pick a batch, send it, record the results (T-016).
 
 Runs as a task in the API's event loop (or alone, `pakaura relay`); requests never wait for it
-and never see its errors. The parts, one module each: `_store` (the SQL, one snapshot per
-pick), `_schedule` (back-off and pauses), `_wakeups` (commit signal, LISTEN/NOTIFY, poll),
-`_leader` (one relay per database), the application's `Transport` (the sidecar).
-
-A round is one hop to the database thread (record the previous batch's results, then pick the
-next batch) and one `Transport.send`. Ordering: a batch holds per (topic, key) only the key's
-first row, and a batch's results are recorded before the next pick, so a key never has two
-events in flight and its later events wait behind an earlier one that failed.
-
-Adaptive batching: a commit after a quiet spell is picked up at once; under load, rounds start
-at most once per `linger` seconds and each gathers everything committed meanwhile, so the
-per-event cost falls as load rises (as Kafka producers do with `linger.ms`).
+and never see its errors. docs/relay.md, "What it does", describes a round, the ordering
+rule (a batch holds per (topic, key) only the key's first row) and adaptive batching.
 """
 
 from __future__ import annotations
@@ -22,6 +12,7 @@ import contextlib
 import enum
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -46,11 +37,8 @@ LATENCY_SAMPLES = 32
 # Sent rows are deleted with the next round's pick when a commit comes within this many
 # seconds (one database hop per round under load), else alone.
 RECORD_DELAY = 0.05
-# Adaptive batching: under load the next round waits until DUTY_FACTOR times the last round's
-# duration has passed since it started (rounds take at most about half the time, and a slow or
-# contended round makes the next one gather more), at least `linger`, at most MAX_WINDOW
-# (which bounds the latency it adds: commit-to-sidecar p50 <= 5 ms at 200 commits/s).
-DUTY_FACTOR = 1.0
+# Adaptive batching: under load a round starts no sooner than the last round's duration after
+# it, at least `linger`, at most MAX_WINDOW (which bounds the latency it adds).
 MAX_WINDOW = 0.01
 # Rows tried after a round where nothing got through (a failed attempt costs per row).
 PROBE_BATCH = 16
@@ -95,11 +83,9 @@ class RelayStatus:
 class OutboxRelay:
     """Delivers the outbox `table` of the synchronous `engine` through `transport`.
 
-    `wake` is the signal the commit hooks fire; on PostgreSQL the relay also LISTENs on
-    `notify_channel` (None: don't); it polls every `poll_interval` seconds as a fallback.
-    `ready` (e.g. the sidecar's /v1.0/healthz/outbound) is awaited before the first send and
-    probed during pauses; `destination` names it in logs and in `describe_leader()`.
-    """
+    `wake` is the commit hooks' signal; on PostgreSQL the relay also LISTENs on `notify_channel`
+    (None: don't). `ready` (the sidecar's /v1.0/healthz/outbound) is awaited before the first
+    send and probed during pauses; `destination` names it in logs and `describe_leader()`."""
 
     def __init__(
         self,
@@ -123,8 +109,6 @@ class OutboxRelay:
         standby_interval: float = 1.0,
         metrics: RelayMetrics | None = None,
         stats_interval: float = 5.0,
-        scan_limit: int | None = None,
-        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if not isinstance(engine, sa.Engine):
             raise RelayConfigError(
@@ -135,7 +119,7 @@ class OutboxRelay:
         if not 0.0 <= linger <= 1.0:
             raise RelayConfigError(f"linger must be between 0 and 1 second, got {linger!r}")
         self._batch_size = batch_size
-        self._scan_limit = scan_limit if scan_limit is not None else max(20 * batch_size, 10_000)
+        self._scan_limit = max(20 * batch_size, 10_000)
         self._poll_interval = positive("poll_interval", poll_interval)
         self._linger = linger
         self._drain_timeout = positive("drain_timeout", drain_timeout, zero_ok=True)
@@ -154,7 +138,6 @@ class OutboxRelay:
         self._channel = notify_channel if is_pg else None
         self._leadership = leadership or leadership_for(engine, table.name)
         self.metrics = metrics or RelayMetrics()
-        self._clock = clock
 
         self._state = RelayState.STOPPED
         self._task: asyncio.Task[None] | None = None
@@ -165,7 +148,7 @@ class OutboxRelay:
         self._saw_unready = False
         self._next_due: datetime | None = None
         self._last_round = -1e9  # monotonic start of the last round
-        self._window = linger  # the current adaptive-batching window (see DUTY_FACTOR)
+        self._window = linger  # the current adaptive-batching window (see MAX_WINDOW)
         self._next_stats = 0.0
         self._stats: tuple[int, datetime | None, datetime] | None = None
         self._published = 0
@@ -278,7 +261,7 @@ class OutboxRelay:
         # A backlog: the next batch is read while this one is on the wire (its keys are left
         # out of that read, so a key never has two events in flight).
         flying: asyncio.Task[Settlement] | None = None
-        busy: frozenset[tuple[str, str]] = frozenset()
+        busy: list[OutboxRow] = []
         confirm_at = 0.0
         try:
             while not (self._stopping and time.monotonic() >= self._drain_deadline):
@@ -300,7 +283,7 @@ class OutboxRelay:
                 had_flying = flying is not None
                 if flying is not None:
                     pending = pending.merged(await flying)
-                    flying, busy = None, frozenset()
+                    flying, busy = None, []
                 if pick is None:  # database error: paused
                     continue
                 self._next_due = pick.next_due
@@ -311,11 +294,11 @@ class OutboxRelay:
                     sending = asyncio.ensure_future(self._deliver(pick.rows))
                     if pick.more:  # a backlog: read on while this batch is sent
                         flying = sending
-                        busy = frozenset((r.message.topic, r.message.key) for r in pick.rows)
+                        busy = pick.rows
                         continue
                     pending = pending.merged(await sending)
                     took = time.monotonic() - self._last_round
-                    self._window = max(self._linger, min(DUTY_FACTOR * took, MAX_WINDOW))
+                    self._window = max(self._linger, min(took, MAX_WINDOW))
                     if self._schedule.paused_for() > 0:
                         continue
                 elif pick.rows or (pick.more and had_flying):
@@ -333,7 +316,7 @@ class OutboxRelay:
                 listener.stop()
 
     async def _round(
-        self, results: Settlement, *, pick: bool, busy: frozenset[tuple[str, str]] = frozenset()
+        self, results: Settlement, *, pick: bool, busy: Sequence[OutboxRow] = ()
     ) -> Pick | None:
         """Records `results`, then (with `pick`) picks the next batch leaving out the `busy`
         keys: one hop to the database thread. None on a database error (the results are
@@ -343,7 +326,7 @@ class OutboxRelay:
                 self._store.round,
                 results.delete,
                 results.retry,
-                now=self._clock() if pick else None,
+                now=utc_now() if pick else None,
                 # After a round where nothing got through, a small batch tries the waters.
                 batch_size=min(self._batch_size, PROBE_BATCH)
                 if self._schedule.streak
@@ -393,7 +376,7 @@ class OutboxRelay:
             )
             answer = [SendResult(Outcome.TRANSIENT, "transport result count mismatch")] * len(rows)
         streak = self._schedule.streak
-        now = self._clock()
+        now = utc_now()
         settled = self._schedule.settle(rows, answer, now)
         self._count(settled, now)
         if settled.delivered and streak:
@@ -416,19 +399,18 @@ class OutboxRelay:
         return await sending
 
     def _count(self, settled: Settlement, now: datetime) -> None:
-        per_topic: dict[str, int] = {}
-        for row in settled.delivered:
-            per_topic[row.message.topic] = per_topic.get(row.message.topic, 0) + 1
+        per_topic = Counter(row.message.topic for row in settled.delivered)
         for topic, count in per_topic.items():
             self.metrics.published.labels(topic).inc(count)
         if settled.delivered:  # one line per round, not per event (T-015)
-            keys = list(dict.fromkeys(r.message.key for r in settled.delivered))
-            logger.bind(topics=per_topic, task_ids=keys[:20], outcome="ok").info(
+            keys = list(dict.fromkeys(r.message.key for r in settled.delivered))[:20]
+            logger.bind(topics=dict(per_topic), task_ids=keys, outcome="ok").info(
                 "{} events published", len(settled.delivered)
             )
         step = max(1, len(settled.delivered) // LATENCY_SAMPLES)
         for row in settled.delivered[::step]:
-            self.metrics.latency.observe(max(0.0, (now - row.created_at).total_seconds()))
+            age = (now - self._store.created_at(row)).total_seconds()
+            self.metrics.latency.observe(max(0.0, age))
         self._published += len(settled.delivered)
         if not settled.failures:
             return
@@ -454,7 +436,7 @@ class OutboxRelay:
         alone then. Returns what is still to record."""
         timeout = self._poll_interval
         if self._next_due is not None:
-            due = (self._next_due - self._clock()).total_seconds()
+            due = (self._next_due - utc_now()).total_seconds()
             timeout = min(timeout, max(0.0, due) + 0.001)
         resume = self._schedule.next_topic_resume()
         if resume is not None:
@@ -563,7 +545,7 @@ class OutboxRelay:
         except Exception as exc:  # stats are best effort
             logger.bind(error=str(exc)).debug("outbox relay could not read the backlog")
             return
-        now = self._clock()
+        now = utc_now()
         self._stats = (backlog, oldest, now)
         self.metrics.backlog.set(backlog)
         self.metrics.oldest_age.set(0.0 if oldest is None else (now - oldest).total_seconds())

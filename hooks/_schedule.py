@@ -1,13 +1,6 @@
-"""When the relay tries again: the one back-off and pause policy (T-016).
-
-Failures are charged to the narrowest cause:
-- nothing in a round got through (sidecar down, hung, misconfigured): the relay pauses as a
-  whole (capped exponential back-off with jitter) and retries the same head rows afterwards;
-  it does not walk the backlog against a dead sidecar;
-- every message of a topic was refused as a configuration error: that topic pauses, the other
-  topics keep flowing;
-- otherwise the failed row itself is due again after its own back-off (by its `attempts`).
-No event is ever dropped; every failure counts in `attempts` and records `last_error`.
+"""When the relay tries again: the one back-off and pause policy (T-016). A failure is
+charged to the narrowest cause: the whole relay (nothing got through), a topic (all of its
+messages refused as configuration errors) or the row itself (docs/relay.md, "Failures").
 """
 
 from __future__ import annotations
@@ -96,6 +89,11 @@ class Schedule:
     def settle(
         self, rows: Sequence[OutboxRow], results: Sequence[SendResult], now: datetime
     ) -> Settlement:
+        if all(r.outcome is Outcome.OK for r in results):  # the usual round, row by row no more
+            self.streak = 0
+            for topic in {r.message.topic for r in rows} if self._topics else ():
+                self._topics.pop(topic, None)
+            return Settlement([r.seq for r in rows], delivered=list(rows))
         out = Settlement()
         refused: dict[str, bool] = {}  # topic -> every message refused as PERMANENT so far
         for row, result in zip(rows, results, strict=True):

@@ -1,14 +1,9 @@
-"""The relay's side of the outbox table: pick the next batch, record what was sent, count.
+"""The relay's SQL on the outbox table: pick the next batch, record results, count (T-016).
 
-T-016. Runs on one thread (`OutboxStore.submit`) with kept connections, in autocommit: a pick
-that fits in one page is one statement (its own snapshot), recording is one DELETE, so a round
-costs two round trips. Every pick reads from ONE consistent snapshot: a pick that needs more
-than one page is read again inside a `REPEATABLE READ READ ONLY` transaction on PostgreSQL, so
-a row that commits between two page reads is seen by none of them. (Under READ COMMITTED a row
-of key K committed between two pages with a sequence number below the first page's end was
-missed while a later row of K was picked from the next page: per-key order broke once the
-backlog outgrew a page.) SQLite has a single writer: rows commit in sequence order, so its
-pages need no snapshot, and its reads take no lock.
+Runs on one thread (`OutboxStore.submit`) with kept connections, in autocommit. Every pick
+reads ONE snapshot: a pick that its first page completes is that one statement; one that needs
+more pages is read again in a `REPEATABLE READ READ ONLY` transaction on PostgreSQL (SQLite's
+single writer commits rows in sequence order). docs/relay.md, "Pick", says why.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ class OutboxRow:
     seq: int
     message: Message
     attempts: int
-    created_at: datetime
+    created: Any  # as the driver returns it: OutboxStore.created_at() converts it
 
 
 @dataclass(slots=True)
@@ -43,34 +38,31 @@ class Pick:
     """A batch: per (topic, key) the key's first row, when it is due."""
 
     rows: list[OutboxRow] = field(default_factory=list)
-    # More may be sendable once this batch is recorded: the read stopped at the batch size or
-    # scan limit, or a key's next row waits behind its row in this batch.
+    # More may be sendable once this batch is recorded (batch or scan limit reached, or a
+    # key's next row waits behind its row in this batch).
     more: bool = False
-    # Earliest time a row passed over (not due yet) falls due; None when none was.
+    # Earliest time a row passed over (not due yet) falls due.
     next_due: datetime | None = None
 
 
-class _SeqList:
-    """`seq IN (...)` with one bound parameter however long the list: an array on PostgreSQL,
-    a JSON text on SQLite (an expanding IN is compiled anew for every length)."""
+def _member(column: sa.ColumnElement[Any], name: str, dialect: str) -> tuple[Any, Callable]:
+    """`column IN (list)` with one bound parameter however long the list (an expanding IN is
+    compiled anew for every length), as a subquery (hashed: `= ANY(array)` compares every row
+    with every item), and the function that encodes the list for it."""
+    if dialect == "postgresql":  # a text, not a list: psycopg dumps lists in Python, slowly
+        from sqlalchemy.dialects.postgresql import ARRAY
 
-    def __init__(self, column: sa.ColumnElement[int], dialect: str) -> None:
-        self.encode: Callable[[list[int]], Any] = list
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import ARRAY
+        array = sa.func.string_to_array(sa.bindparam(name, type_=sa.Text()), "\x1f")
+        encode = "\x1f".join if isinstance(column.type, sa.String) else _join_ints
+        return column.in_(sa.select(sa.func.unnest(sa.cast(array, ARRAY(column.type))))), encode
+    if dialect == "sqlite":
+        values = sa.func.json_each(sa.bindparam(name, type_=sa.Text())).table_valued("value")
+        return column.in_(sa.select(values.c.value)), json.dumps
+    return column.in_(sa.bindparam(name, expanding=True)), list
 
-            array = sa.cast(
-                sa.func.string_to_array(sa.bindparam("seqs", type_=sa.Text()), ","),
-                ARRAY(sa.BigInteger()),
-            )
-            self.member: sa.ColumnElement[bool] = column == sa.any_(array)
-            self.encode = lambda seqs: ",".join(map(str, seqs))
-        elif dialect == "sqlite":
-            values = sa.func.json_each(sa.bindparam("seqs", type_=sa.Text())).table_valued("value")
-            self.member = column.in_(sa.select(values.c.value))
-            self.encode = json.dumps
-        else:
-            self.member = column.in_(sa.bindparam("seqs", expanding=True))
+
+def _join_ints(values: list[int]) -> str:
+    return "\x1f".join(map(str, values))
 
 
 class OutboxStore:
@@ -79,42 +71,49 @@ class OutboxStore:
     def __init__(self, engine: sa.Engine, table: sa.Table) -> None:
         self.engine = engine
         self.table = t = table
-        self._now = sa.bindparam("now", type_=t.c.next_attempt_at.type)
-        # next_attempt_at only for rows not due yet: converting a time per row is costly.
-        waiting_until = sa.type_coerce(
-            sa.case((t.c.next_attempt_at <= self._now, sa.null()), else_=t.c.next_attempt_at),
-            t.c.next_attempt_at.type,
+        dialect = engine.dialect
+        when = t.c.next_attempt_at
+        now = sa.bindparam("now", type_=when.type)
+        # The time columns are read raw (a TypeDecorator per row and column cost more than the
+        # rest of the pick) and converted here only where needed; PostgreSQL's are aware.
+        raw = sa.types.NullType()
+        self._to_time: Callable[[Any], Any] | None = None
+        if dialect.name != "postgresql":
+            self._to_time = when.type.dialect_impl(dialect).result_processor(dialect, None)
+        busy, self._encode = _member(t.c.seq, "busy", dialect.name)
+        paused, self._encode_text = _member(t.c.topic, "paused", dialect.name)
+        self._select = (
+            sa.select(
+                t.c.seq,
+                t.c.event_id,
+                t.c.topic,
+                t.c.partition_key,
+                t.c.payload,
+                t.c.attempts,
+                sa.type_coerce(sa.case((when <= now, sa.null()), else_=when), raw),
+                sa.type_coerce(t.c.created_at, raw),
+            )
+            .where(t.c.seq > sa.bindparam("after", type_=sa.BigInteger()))
+            .where(sa.not_(busy), sa.not_(paused))
+            .order_by(t.c.seq)
+            .limit(sa.bindparam("page", type_=sa.Integer()))
         )
-        self._select = sa.select(
-            t.c.seq,
-            t.c.event_id,
-            t.c.topic,
-            t.c.partition_key,
-            t.c.payload,
-            t.c.attempts,
-            waiting_until,
-            t.c.created_at,
-        ).order_by(t.c.seq)
+        deleted, _ = _member(t.c.seq, "seqs", dialect.name)
+        self._delete = sa.delete(t).where(deleted)
         self._retry = (
             sa.update(t)
             .where(t.c.seq == sa.bindparam("b_seq"))
             .values(
                 attempts=t.c.attempts + 1,
                 last_error=sa.bindparam("b_error", type_=t.c.last_error.type),
-                next_attempt_at=sa.bindparam("b_next", type_=t.c.next_attempt_at.type),
+                next_attempt_at=sa.bindparam("b_next", type_=when.type),
             )
         )
-        self._pages = self._paged(self._select)
         self._count = sa.select(sa.func.count()).select_from(t)
         self._oldest = sa.select(t.c.created_at).order_by(t.c.seq).limit(1)
-        dialect = engine.dialect.name
-        self._seqs = _SeqList(t.c.seq, dialect)
-        self._delete = sa.delete(t).where(self._seqs.member)
-        self._needs_snapshot = dialect == "postgresql"
+        self._needs_snapshot = dialect.name == "postgresql"
         self._executor: ThreadPoolExecutor | None = None
-        self._conn: sa.Connection | None = None  # autocommit: single statements
-        self._writer_conn: sa.Connection | None = None  # transactions of several statements
-        self._snapshot_conn: sa.Connection | None = None  # multi-page picks (PostgreSQL)
+        self._conns: dict[str, sa.Connection] = {}
 
     # --- the thread ---------------------------------------------------------------------------
 
@@ -140,13 +139,10 @@ class OutboxStore:
             raise
 
     def _drop_connections(self) -> None:
-        for name in ("_conn", "_writer_conn", "_snapshot_conn"):
-            conn = getattr(self, name)
-            setattr(self, name, None)
-            if conn is None:
-                continue
+        conns, self._conns = self._conns, {}
+        for name, conn in conns.items():
             try:
-                if conn.dialect.name == "sqlite" and name != "_writer_conn":
+                if conn.dialect.name == "sqlite" and name != "writer":
                     # Its AUTOCOMMIT reset would undo the savepoint fix (hooks/_sqlite.py) on
                     # a connection of the application's pool: don't hand it back.
                     conn.invalidate()
@@ -154,26 +150,19 @@ class OutboxStore:
             except Exception:
                 pass
 
-    def _autocommit(self) -> sa.Connection:
-        conn = self._conn
+    def _conn(self, name: str) -> sa.Connection:
+        """ "auto": autocommit, single statements; "writer": transactions of several
+        statements; "snapshot": multi-page picks (PostgreSQL)."""
+        conn = self._conns.get(name)
         if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._conn = conn
-        return conn
-
-    def _writer(self) -> sa.Connection:
-        conn = self._writer_conn
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._writer_conn = self.engine.connect()
-        return conn
-
-    def _snapshot(self) -> sa.Connection:
-        conn = self._snapshot_conn
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(
-                isolation_level="REPEATABLE READ", postgresql_readonly=True
-            )
-            self._snapshot_conn = conn
+            conn = self.engine.connect()
+            if name == "auto":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            elif name == "snapshot":
+                conn = conn.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
+            self._conns[name] = conn
         return conn
 
     # --- work (called on the store's thread) --------------------------------------------------
@@ -187,17 +176,17 @@ class OutboxStore:
         batch_size: int,
         scan_limit: int,
         paused: frozenset[str],
-        busy: frozenset[Key] = frozenset(),
+        busy: Sequence[OutboxRow] = (),
     ) -> Pick | None:
         """Records the last batch's results, then (unless `now` is None) picks the next one:
         one thread hop for both."""
         if delete and not retry:  # the usual round: one statement, no transaction to open
-            self._autocommit().execute(self._delete, {"seqs": self._seqs.encode(list(delete))})
+            self._conn("auto").execute(self._delete, {"seqs": self._encode(list(delete))})
         elif retry:  # failures: all in one transaction (one commit, one fsync on SQLite)
-            conn = self._writer()
+            conn = self._conn("writer")
             with conn.begin():
                 if delete:
-                    conn.execute(self._delete, {"seqs": self._seqs.encode(list(delete))})
+                    conn.execute(self._delete, {"seqs": self._encode(list(delete))})
                 conn.execute(self._retry, list(retry))
         if now is None:
             return None
@@ -212,75 +201,79 @@ class OutboxStore:
         batch_size: int,
         scan_limit: int,
         paused: frozenset[str],
-        busy: frozenset[Key] = frozenset(),
+        busy: Sequence[OutboxRow] = (),
     ) -> Pick:
         """Pages from the outbox head until the batch is full, the table ends or `scan_limit`
-        rows were read (bounded time and memory for any backlog), all in one snapshot. Keys in
-        `busy` (a batch on the wire) are left out, with all their rows."""
-        first_page, next_page = self._pages
-        if paused:
-            first_page, next_page = self._paged(
-                self._select.where(self.table.c.topic.not_in(sorted(paused)))
-            )
-        page = max(batch_size, 200)
-        params = {"now": now, "page": page}
-        first = self._autocommit().execute(first_page, params).all()
-        if len(first) < page or not self._needs_snapshot:
-            return self._scan(
-                self._autocommit(), next_page, first, params, batch_size, scan_limit, busy
-            )
-        conn = self._snapshot()  # more than a page: read them all from one snapshot
+        rows were read, all in one snapshot. `busy` rows (a batch on the wire) are left out in
+        SQL, and so are the later rows of their keys."""
+        params = {
+            "now": now,
+            "page": max(batch_size, 200),
+            "after": 0,
+            "busy": self._encode([r.seq for r in busy]),
+            "paused": self._encode_text(sorted(paused)),
+        }
+        keys = {(r.message.topic, r.message.key) for r in busy}
+        args = (params, batch_size, scan_limit, keys)
+        pick = self._scan(self._conn("auto"), *args, one_page=self._needs_snapshot)
+        if pick is not None:
+            return pick
+        conn = self._conn("snapshot")  # more than a page: read them all from one snapshot
         with conn.begin():
-            first = conn.execute(first_page, params).all()
-            return self._scan(conn, next_page, first, params, batch_size, scan_limit, busy)
-
-    def _paged(self, select: sa.Select[Any]) -> tuple[sa.Select[Any], sa.Select[Any]]:
-        """(first page, the page after :after) of `select`, built once: SQLAlchemy keeps a
-        statement object's cache key, which costs more to make than the rest of the call."""
-        page = sa.bindparam("page", type_=sa.Integer())
-        after = sa.bindparam("after", type_=sa.BigInteger())
-        return select.limit(page), select.where(self.table.c.seq > after).limit(page)
+            return self._scan(conn, *args, one_page=False)  # type: ignore[return-value]
 
     def _scan(
         self,
         conn: sa.Connection,
-        next_page: sa.Select[Any],
-        chunk: Sequence[Any],
         params: dict[str, Any],
         batch_size: int,
         scan_limit: int,
-        busy: frozenset[Key],
-    ) -> Pick:
-        page = params["page"]
+        busy: set[Key],
+        *,
+        one_page: bool,
+    ) -> Pick | None:
+        """None when `one_page` and the pick needs another page."""
+        page, to_time = params["page"], self._to_time
         pick = Pick()
-        seen: set[Key] = set(busy)
-        picked: set[Key] = set()
+        rows = pick.rows
+        seen = set(busy)
+        waiting_keys: set[Key] = set()  # keys passed over: not due yet
         scanned = 0
+        after = 0
         while True:
+            chunk = conn.execute(self._select, {**params, "after": after}).all()
             for seq, event_id, topic, key, payload, attempts, waiting, created in chunk:
-                if (topic, key) in seen:  # a key's later rows wait for its first
-                    pick.more = pick.more or (topic, key) in picked or (topic, key) in busy
+                k = (topic, key)
+                if k in seen:  # a key's later rows wait for its first
+                    pick.more = pick.more or k not in waiting_keys  # once recorded
                     continue
-                seen.add((topic, key))
+                seen.add(k)
                 if waiting is not None:
+                    waiting_keys.add(k)
+                    waiting = to_time(waiting) if to_time else waiting
                     if pick.next_due is None or waiting < pick.next_due:
                         pick.next_due = waiting
                     continue
-                pick.rows.append(
+                rows.append(
                     OutboxRow(seq, Message(event_id, topic, key, payload), attempts, created)
                 )
-                picked.add((topic, key))
-                if len(pick.rows) >= batch_size:
+                if len(rows) >= batch_size:
                     pick.more = True
                     return pick
             scanned += len(chunk)
             if len(chunk) < page or scanned >= scan_limit:
                 pick.more = pick.more or len(chunk) == page
                 return pick
-            chunk = conn.execute(next_page, {**params, "after": chunk[-1][0]}).all()
+            if one_page:
+                return None
+            after = chunk[-1][0]
+
+    def created_at(self, row: OutboxRow) -> datetime:
+        """When `row` was written (converted on demand: only a few rows per round need it)."""
+        return self._to_time(row.created) if self._to_time else row.created
 
     def stats(self) -> tuple[int, datetime | None]:
         """(backlog, created time of the oldest row)."""
-        conn = self._autocommit()
+        conn = self._conn("auto")
         count = conn.execute(self._count).scalar_one()
         return (int(count), conn.execute(self._oldest).scalar()) if count else (0, None)

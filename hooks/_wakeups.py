@@ -1,12 +1,5 @@
-"""What wakes the relay (T-016): a commit in this process, a NOTIFY from any process, or the
-poll interval (the caller's time-out on `WakeSignal.wait`).
-
-- `WakeSignal`: notified by the outbox writer after each commit that wrote rows, from any
-  thread; cheap, coalesced (many commits between two rounds cost one loop call), never raises.
-- `NotifyListener` (PostgreSQL): `LISTEN` on a connection taken from the application's engine,
-  in a daemon thread; every NOTIFY on the channel notifies the signal, the payload
-  `RETRY_NOTIFY_PAYLOAD` (`pakaura outbox retry`) calls `on_retry` instead.
-"""
+"""What wakes the relay (T-016): a commit in this process (`WakeSignal`), a NOTIFY from any
+process (`NotifyListener`, PostgreSQL), or the poll interval (the time-out of `wait`)."""
 
 from __future__ import annotations
 
@@ -25,10 +18,8 @@ RETRY_NOTIFY_PAYLOAD = "retry"
 
 
 class WakeSignal:
-    """`notify()` is cheap, thread-safe, coalesced and never raises: it runs in `after_commit`.
-
-    Many commits between two relay rounds cost one loop call, not one per commit.
-    """
+    """`notify()` is cheap, thread-safe, coalesced (many commits between two rounds cost one
+    loop call) and never raises: the outbox writer calls it in `after_commit`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -77,10 +68,8 @@ class WakeSignal:
             waiter.set_result(True)
 
     async def wait(self, timeout: float) -> bool:
-        """Waits for a notify or `timeout` seconds; True when woken by a notify.
-
-        One future and one timer per wait (no task: `asyncio.wait_for` would make one per
-        round, a measurable share of a round's cost)."""
+        """True when woken by a notify, False after `timeout` seconds. One future and one timer
+        (`asyncio.wait_for` would make a task per round, a measurable share of its cost)."""
         if self._set:
             self._set = False
             return True
@@ -101,22 +90,17 @@ def _resolve(waiter: asyncio.Future[bool]) -> None:
 
 
 class NotifyListener:
-    """LISTENs on `channel` in a daemon thread until `stop()`; reconnects after a failure."""
+    """LISTENs on `channel` on a connection of `engine`, in a daemon thread, until `stop()`;
+    reconnects after a failure. The payload RETRY_NOTIFY_PAYLOAD calls `on_retry`, any other
+    notifies `wake`."""
 
     def __init__(
-        self,
-        engine: sa.Engine,
-        channel: str,
-        wake: WakeSignal,
-        on_retry: Callable[[], None],
-        *,
-        check_every: float = 0.5,
+        self, engine: sa.Engine, channel: str, wake: WakeSignal, on_retry: Callable[[], None]
     ) -> None:
         self.engine = engine
         self.channel = channel
         self._wake = wake
         self._on_retry = on_retry
-        self._check_every = check_every
         self._stopped = threading.Event()
         # Set once LISTEN is in place: the relay's first round waits for it (bounded), so no
         # commit falls between its first read and the first notification it can hear.
@@ -158,7 +142,7 @@ class NotifyListener:
                 self._wake.notify()  # a reconnect: commits while we were not listening
             self.listening.set()
             while not self._stopped.is_set():
-                for note in driver.notifies(timeout=self._check_every):
+                for note in driver.notifies(timeout=0.5):
                     if note.payload == RETRY_NOTIFY_PAYLOAD:
                         self._on_retry()
                     else:

@@ -470,7 +470,7 @@ def test_send_never_raises(
     assert errors and errors[0]["exception"] is not None
 
 
-@pytest.mark.parametrize("method", ["_bulk_results", "_chunks"])
+@pytest.mark.parametrize("method", ["_bulk_results", "_bulk_bodies"])
 def test_unexpected_errors_inside_a_batch_keep_every_event(
     dapr: DaprEmulator,
     settings_for: MakeSettings,
@@ -483,8 +483,8 @@ def test_unexpected_errors_inside_a_batch_keep_every_event(
     async def aboom(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("unexpected")
 
-    if method == "_chunks":
-        monkeypatch.setattr(transport_module, "_chunks", boom)
+    if method == "_bulk_bodies":
+        monkeypatch.setattr(transport_module, "_bulk_bodies", boom)
     else:
         monkeypatch.setattr(DaprTransport, method, aboom)
     results = send(DaprTransport(settings_for()), messages_for([1, 2]))

@@ -187,3 +187,47 @@ def test_leader_lock_and_listen_use_the_engines_creator(pg_database_url: str) ->
         writer.dispose()
         engine.dispose()
     assert len(made) >= 3  # the relay's queries, the leader lock and LISTEN
+
+
+@pytest.fixture
+def any_outbox(db_url: str) -> Iterator[Outbox]:
+    with outbox_on(db_url) as made:
+        yield made
+
+
+def test_a_batch_on_the_wire_is_left_out_and_a_first_page_pick_is_one_statement(
+    any_outbox: Outbox,
+) -> None:
+    """While a batch is on the wire the next pick reads past it in SQL, leaves out the later
+    rows of its keys, and reads one page (no snapshot re-read) when that page fills the
+    batch (issue 15: a drain read each row three times)."""
+    engine, table = any_outbox
+    write_events(engine, table, [("t", f"k{n}") for n in range(6)] + [("t", "k0"), ("u", "x")])
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if table.name in statement:
+            statements.append(statement)
+
+    store = OutboxStore(engine, table)
+    store.open()
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+
+        def pick(**kw: Any) -> Any:
+            kw.setdefault("paused", frozenset())
+            return store.submit(store.pick, now=utc_now(), scan_limit=1000, **kw).result()
+
+        first = pick(batch_size=3)
+        assert [r.message.key for r in first.rows] == ["k0", "k1", "k2"] and first.more
+        statements.clear()
+        second = pick(batch_size=3, busy=first.rows)
+        assert [r.message.key for r in second.rows] == ["k3", "k4", "k5"]
+        assert len(statements) == 1  # the first page completed the pick: one statement
+        rest = pick(batch_size=10, busy=first.rows + second.rows)
+        assert [r.message.key for r in rest.rows] == ["x"]  # k0's second row waits for k0
+        assert rest.more  # …and may go once k0's first is recorded
+        assert pick(batch_size=10, paused=frozenset({"t"})).rows[0].message.key == "x"
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+        store.close()

@@ -1,12 +1,8 @@
-"""Direct publishing, outside a task transaction (T-011, T-015, T-016).
-
-Task changes never come through here: the ORM hooks write them to the outbox and the relay
-delivers them. This is the seed's publisher surface for code that must publish an event now
-(a one-off script, a consumer re-emitting): it builds the CloudEvent (T-010 builders, the
-configured source, the request's correlation id), sends it with one `DaprTransport.send` and
-returns the transport's `hooks.SendResult`. No retry, no policy of its own: a failure is
-reported (and logged, T-015), never raised (T-016) and never retried; use the outbox when the
-event must not be lost.
+"""Direct publishing, outside a task transaction: the seed's publisher API (T-011, T-015,
+T-016) for code that must publish an event now. Task changes never come through here (the
+hooks write them to the outbox). It builds the CloudEvent, sends it with one
+`DaprTransport.send` and returns the `hooks.SendResult`: a failure is logged and reported,
+never raised and never retried; use the outbox when the event must not be lost.
 """
 
 from __future__ import annotations

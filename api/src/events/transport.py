@@ -1,20 +1,11 @@
-"""`DaprTransport`: Dapr's HTTP publish API, over aiohttp (T-011, T-016; contract §3).
-
-The relay's `hooks.Transport` and the one HTTP path of the app. `send(messages)` returns one
-`hooks.SendResult` per message, in order, and never raises: 2xx → OK; connection error,
-time-out, 5xx, 408/425/429 → TRANSIENT; other answers (400/401/403/404) → PERMANENT.
-
-- One request per topic, the topics concurrently. Two or more messages of a topic go in bulk
-  (`DAPR_BULK_PUBLISH=auto|always`), per-entry results read from `failedEntries`; `auto`
-  falls back to single publish (and remembers it) on a sidecar without the bulk API.
-- Each message's partition key travels as `metadata.partitionKey` (the Kafka component
-  ignores the CloudEvent `partitionkey`); the body is the stored CloudEvent JSON, sent as is
-  with `Content-Type: application/cloudevents+json` so Dapr keeps our envelope.
-- Early stop, to spare a dead or misconfigured sidecar a request per event: after a
-  connection error or time-out, a 401/403/404, or three 5xx in a row, the topic's remaining
-  single publishes are not attempted and get that result. The relay decides when to retry.
-
-Ordering is the relay's job: it never hands over two events of one (topic, key) at once.
+"""`DaprTransport`: Dapr's HTTP publish API over aiohttp, the app's one HTTP path (T-011,
+T-016; contract §3). `send(messages)` returns one `hooks.SendResult` per message, in order,
+and never raises: 2xx OK; connection error, time-out, 5xx, 408/425/429 TRANSIENT; other
+answers PERMANENT. One request per topic, the topics concurrently; two or more messages of a
+topic go in bulk (per-entry results from `failedEntries`; `DAPR_BULK_PUBLISH=auto` falls back
+to single publish on a sidecar without bulk and remembers it). After a connection error or
+time-out, a 401/403/404, or three 5xx in a row, a topic's remaining messages are not tried
+and get that result. Ordering is the relay's job (docs/relay.md).
 """
 
 from __future__ import annotations
@@ -22,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps of a str, in C
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -88,11 +80,8 @@ class _Answer:
 
 
 class DaprTransport:
-    """Publishes through the sidecar of `settings` (default: `get_settings()`).
-
-    One aiohttp session (a keep-alive pool to the one local origin) per event loop, opened on
-    first use; `aclose()` closes the running loop's.
-    """
+    """Publishes through the sidecar of `settings` (default: `get_settings()`), with one
+    aiohttp session per event loop, opened on first use; `aclose()` closes the running loop's."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         s = self.settings = settings if settings is not None else get_settings()
@@ -164,11 +153,11 @@ class DaprTransport:
         if not bulk or len(messages) < 2:
             return await self._singles(topic, messages)
         results: list[SendResult] = []
-        for chunk in _chunks(messages):
+        for chunk, body in _bulk_bodies(messages):
             if self._mode == "auto" and self.bulk_unsupported:
                 results += await self._singles(topic, chunk)
             else:
-                results += await self._bulk(topic, chunk)
+                results += await self._bulk(topic, chunk, body)
             last = results[-1]
             if (last.status is None and not last.ok) or last.status in _TOPIC_WIDE:
                 results += [last] * (len(messages) - len(results))  # the rest would fail alike
@@ -204,19 +193,7 @@ class DaprTransport:
             return self._unreachable(exc)
         return answer.result()
 
-    async def _bulk(self, topic: str, messages: list[Message]) -> list[SendResult]:
-        # The stored JSON is embedded as is: no parse/serialise round trip per event. Only
-        # per-entry metadata: request-level metadata would override the partition keys.
-        body = (
-            "["
-            + ",".join(
-                f'{{"entryId":{json.dumps(m.id)},"event":{m.body},'
-                f'"contentType":"{CLOUDEVENTS_CONTENT_TYPE}",'
-                f'"metadata":{{"partitionKey":{json.dumps(m.key)}}}}}'
-                for m in messages
-            )
-            + "]"
-        )
+    async def _bulk(self, topic: str, messages: list[Message], body: bytes) -> list[SendResult]:
         for index in range(self._bulk_path, len(_BULK_PATHS)):
             path = f"{_BULK_PATHS[index]}/{self._pubsub}/{quote(topic, safe='')}"
             try:
@@ -271,11 +248,15 @@ class DaprTransport:
         return session
 
     async def _request(
-        self, method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: str | bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> _Answer:
         # A ready-made, already quoted URL: aiohttp neither joins nor re-encodes it.
         url = URL(self.base_url + path, encoded=True)
-        data = body.encode() if body is not None else None
+        data = body.encode() if isinstance(body, str) else body
         async with self._session().request(method, url, data=data, headers=headers) as response:
             text = "" if response.status == 204 else await response.text(errors="replace")
             return _Answer(response.status, text)
@@ -309,14 +290,25 @@ def _failed_entries(payload: Any) -> dict[str, str] | None:
     return failed or None
 
 
-def _chunks(messages: list[Message]) -> list[list[Message]]:
-    chunks: list[list[Message]] = [[]]
+def _bulk_bodies(messages: list[Message]) -> list[tuple[list[Message], bytes]]:
+    """Bulk request bodies of at most _MAX_BULK_ENTRIES / _MAX_BULK_BYTES, with their messages.
+
+    The stored CloudEvent JSON is embedded as is (no parse and re-serialise per event). Only
+    per-entry metadata: request-level metadata would override the partition keys."""
+    out: list[tuple[list[Message], bytes]] = []
+    chunk: list[Message] = []
+    entries: list[str] = []
     size = 0
-    for message in messages:
-        length = len(message.body) + 200
-        if chunks[-1] and (size + length > _MAX_BULK_BYTES or len(chunks[-1]) >= _MAX_BULK_ENTRIES):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(message)
-        size += length
-    return chunks
+    for m in messages:
+        entry = (
+            f'{{"entryId":{_quote(m.id)},"event":{m.body},"contentType":"{CLOUDEVENTS_CONTENT_TYPE}",'
+            f'"metadata":{{"partitionKey":{_quote(m.key)}}}}}'
+        )
+        if chunk and (size + len(entry) > _MAX_BULK_BYTES or len(chunk) >= _MAX_BULK_ENTRIES):
+            out.append((chunk, f"[{','.join(entries)}]".encode()))
+            chunk, entries, size = [], [], 0
+        chunk.append(m)
+        entries.append(entry)
+        size += len(entry) + 1
+    out.append((chunk, f"[{','.join(entries)}]".encode()))
+    return out
