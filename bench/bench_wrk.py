@@ -47,8 +47,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, str]]] = {
     "relay-off": ("outbox", "healthy", {"RELAY_ENABLED": "false"}),
     # The relay in the API's own event loop (the default before issue 15's child process).
     "inline": ("outbox", "healthy", {"RELAY_MODE": "inline"}),
-    "nice0": ("outbox", "healthy", {"RELAY_NICE": "0"}),
-    "nice19": ("outbox", "healthy", {"RELAY_NICE": "19"}),
+    # The child relay at the other priorities (RELAY_PRIORITY; `on` is `idle`).
+    "low": ("outbox", "healthy", {"RELAY_PRIORITY": "low"}),
+    "normal": ("outbox", "healthy", {"RELAY_PRIORITY": "normal"}),
     "seed": ("seed", "healthy", {}),
     # Issue 19: `on` with OpenTelemetry on (FastAPI + SQLAlchemy instrumentations, outbox and
     # delivery spans), spans made and dropped in-process: the SDK's cost without an export.

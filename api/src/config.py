@@ -106,8 +106,9 @@ class Settings(BaseSettings):
     # Where the API runs it (issue 15, T-016): "process" a child process at lower CPU priority,
     # "inline" the API's own event loop; "auto" is "process" on PostgreSQL, "inline" on SQLite.
     relay_mode: Literal["auto", "process", "inline"] = "auto"
-    # Niceness the child relay adds (0-19): it yields CPU to requests when CPU is short.
-    relay_nice: int = Field(default=10, ge=0, le=19)
+    # The child relay's CPU priority: "idle" (SCHED_IDLE on Linux, else nice 19) runs it only
+    # on CPU that requests leave idle, "low" is nice 19, "normal" the API's own.
+    relay_priority: Literal["idle", "low", "normal"] = "idle"
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval: float = Field(default=1.0, gt=0, le=300)
     # The shortest adaptive-batching window of the relay, in seconds (docs/relay.md, T-016).

@@ -162,12 +162,23 @@ def _reporting(report_fd: int, registry: CollectorRegistry) -> Watch:
     return watch
 
 
+def _lower_priority(priority: str) -> None:
+    """RELAY_PRIORITY, before any thread starts (threads inherit it). SCHED_IDLE measured
+    best for requests (docs/benchmarks.md): the kernel preempts the relay as soon as a
+    request's process wants the CPU. POSIX only, as the stdin watch: Linux and macOS."""
+    if priority == "normal":
+        return
+    os.nice(19)
+    if priority == "idle" and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def main() -> None:
     """The child: `python -m src.events.relay_process`, started by `RelayProcess` only."""
     from src.events.relay_service import run_relay_forever
 
     settings = get_settings()
-    os.nice(settings.relay_nice)  # POSIX, as the stdin watch: Linux and macOS
+    _lower_priority(settings.relay_priority)
     # Status lines go to the parent through the original stdout; anything else written to
     # stdout lands on stderr beside the logs.
     report_fd = os.dup(1)
