@@ -1,7 +1,7 @@
 """Closed-loop API benchmark with `wrk`: what events cost a task API under load (issue 15).
 
-    python -m bench.bench_wrk [--db postgresql|sqlite] [--seconds 5] [--rounds 3]
-                              [--only off,on,hung,down,relay-off,seed,trace-on]
+    python -m bench.bench_wrk [--db postgresql|sqlite] [--seconds 5] [--rounds 3] [--sequential]
+                              [--only off,on,hung,down,relay-off,seed,inline,low,normal,trace-on]
 
 `wrk` (Debian package `wrk`) runs in its own process and POSTs one task per request to
 `pakaura`'s API (`bench._api_server`). Every variant's API runs at once, each on a fresh
@@ -10,7 +10,11 @@ per variant and round, p50 latency with one connection (`-c1`) and requests/s wi
 (`-c8`). Rounds rotate the order; the summary is the median over rounds and the ratio against
 events off (`DAPR_ENABLED=false`) from the same run.
 
-Variants: `off` events off; `on` defaults, sidecar healthy; `hung` sidecar accepts and never
+`--sequential`: one API at a time instead, started afresh for each run (as one would try it by
+hand; less noise from the other variants' idle servers).
+
+Variants: `off` events off; `on` defaults (on PostgreSQL the relay is a child process at
+`RELAY_PRIORITY=idle`), sidecar healthy; `inline`, `low`, `normal` the other relay placements; `hung` sidecar accepts and never
 answers; `down` no sidecar; `relay-off` outbox rows only (`RELAY_ENABLED=false`); `seed` the
 seed design (two publishes inside each request, no outbox); `trace-on` is `on` with
 OpenTelemetry spans made and dropped (issue 19).
@@ -161,7 +165,6 @@ def caught_up(db_url: str, name: str, timeout: float = 60.0) -> None:
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"{name}: {left} events still waiting after {timeout:.0f} s")
         time.sleep(0.2)
-    print(f"{name}: every event delivered ({time.monotonic() - started:.1f} s after the last run)")
 
 
 def main() -> int:
@@ -170,6 +173,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run (default 5)")
     parser.add_argument("--rounds", type=int, default=5, help="rotating rounds (default 5)")
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one API at a time, started afresh per run (default: all at once, in turn)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install wrk)")
@@ -182,39 +190,55 @@ def main() -> int:
         if n not in VARIANTS:
             parser.error(f"unknown variant {n!r}; known: {', '.join(VARIANTS)}")
     results: list[dict[str, Any]] = []
-    # Every variant's server runs at once (fresh database and sidecar each) and wrk takes
-    # them in turn, round after round, order rotating: drift of the machine hits all alike.
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        targets = {}
-        for name in names:
-            folder = Path(tmp) / name
-            folder.mkdir()
-            targets[name] = stack.enter_context(served(args.db, name, token, secret, folder))
-        for url, script, _ in targets.values():  # warm-up: caches, pools
-            run_wrk(url, script, 1, 2)
-        for round_no in range(args.rounds):
-            shift = round_no % len(names)
-            for name in names[shift:] + names[:shift]:
-                url, script, db_url = targets[name]
-                single = run_wrk(url, script, 1, args.seconds)
-                many = run_wrk(url, script, 8, args.seconds)
-                waiting = backlog(db_url)  # events the relay has not delivered yet
-                result = {
-                    "variant": name,
-                    "round": round_no + 1,
-                    "p50_ms": round(single["p50"], 3),
-                    "p99_ms": round(single["p99"], 3),
-                    "rps_c1": round(single["rps"], 1),
-                    "rps_c8": round(many["rps"], 1),
-                    "backlog_after_c8": waiting,
-                }
-                results.append(result)
-                print(json.dumps(result), flush=True)
-        for name in names:  # a healthy sidecar gets every event: the relay caught up
-            mode, state, extra = VARIANTS[name]
-            relaying = mode == "outbox" and extra.get("RELAY_ENABLED") != "false"
-            if relaying and state == "healthy":
-                caught_up(targets[name][2], name)
+
+    def measure(name: str, round_no: int, url: str, script: Path, db_url: str) -> None:
+        single = run_wrk(url, script, 1, args.seconds)
+        many = run_wrk(url, script, 8, args.seconds)
+        result = {
+            "variant": name,
+            "round": round_no + 1,
+            "p50_ms": round(single["p50"], 3),
+            "p99_ms": round(single["p99"], 3),
+            "rps_c1": round(single["rps"], 1),
+            "rps_c8": round(many["rps"], 1),
+            "backlog_after_c8": backlog(db_url),  # events the relay has not delivered yet
+        }
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        mode, state, extra = VARIANTS[name]
+        if mode == "outbox" and state == "healthy" and extra.get("RELAY_ENABLED") != "false":
+            caught_up(db_url, name)  # a healthy sidecar gets every event
+
+    def rotation(round_no: int) -> list[str]:
+        shift = round_no % len(names)
+        return names[shift:] + names[:shift]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.sequential:
+            # One API at a time, started afresh for each run, as one would try it by hand.
+            for round_no in range(args.rounds):
+                for name in rotation(round_no):
+                    folder = Path(tmp) / f"{name}-{round_no}"
+                    folder.mkdir()
+                    with served(args.db, name, token, secret, folder) as (url, script, db_url):
+                        run_wrk(url, script, 1, 2)  # warm-up: caches, pools
+                        measure(name, round_no, url, script, db_url)
+        else:
+            # Every variant's server runs at once (fresh database and sidecar each) and wrk
+            # takes them in turn, round after round, order rotating.
+            with contextlib.ExitStack() as stack:
+                targets = {}
+                for name in names:
+                    folder = Path(tmp) / name
+                    folder.mkdir()
+                    targets[name] = stack.enter_context(
+                        served(args.db, name, token, secret, folder)
+                    )
+                for url, script, _ in targets.values():  # warm-up: caches, pools
+                    run_wrk(url, script, 1, 2)
+                for round_no in range(args.rounds):
+                    for name in rotation(round_no):
+                        measure(name, round_no, *targets[name])
     medians: dict[str, dict[str, float]] = {}
     for name in names:
         runs = [r for r in results if r["variant"] == name]
