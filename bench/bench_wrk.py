@@ -14,8 +14,8 @@ events off (`DAPR_ENABLED=false`) from the same run.
 hand; less noise from the other variants' idle servers).
 
 Variants: `off` events off; `on` defaults (on PostgreSQL the relay is a child process at
-`RELAY_PRIORITY=idle`), sidecar healthy; `inline`, `low`, `normal` the other relay placements; `hung` sidecar accepts and never
-answers; `down` no sidecar; `relay-off` outbox rows only (`RELAY_ENABLED=false`); `seed` the
+`RELAY_PRIORITY=idle`), sidecar healthy; `inline`, `low`, `normal` the other relay placements;
+`hung` sidecar accepts and never answers; `down` no sidecar; `relay-off` outbox rows only (`RELAY_ENABLED=false`); `seed` the
 seed design (two publishes inside each request, no outbox); `trace-on` is `on` with
 OpenTelemetry spans made and dropped (issue 19).
 """
