@@ -15,9 +15,9 @@ hand; less noise from the other variants' idle servers).
 
 Variants: `off` events off; `on` defaults (on PostgreSQL the relay is a child process at
 `RELAY_PRIORITY=idle`), sidecar healthy; `inline`, `low`, `normal` the other relay placements;
-`hung` sidecar accepts and never answers; `down` no sidecar; `relay-off` outbox rows only (`RELAY_ENABLED=false`); `seed` the
-seed design (two publishes inside each request, no outbox); `trace-on` is `on` with
-OpenTelemetry spans made and dropped (issue 19).
+`hung` sidecar accepts and never answers; `down` no sidecar; `relay-off` outbox rows only
+(`RELAY_ENABLED=false`); `seed` the seed design (two publishes inside each request, no outbox);
+`trace-on` is `on` with OpenTelemetry spans made and dropped (issue 19).
 """
 
 from __future__ import annotations
