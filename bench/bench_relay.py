@@ -119,8 +119,8 @@ def use_app(env: dict[str, str]) -> Any:
     return get_settings()
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -308,6 +308,8 @@ def latency(db: str, rate: float, seconds: float, writer: str) -> dict[str, Any]
 
 def memory(db: str, events: int, seconds: float) -> dict[str, Any]:
     from src.db import get_engine
+
+    relay_rss_mb = rss_mb
     from src.events.relay_service import start_relay
 
     with database(db) as url, tempfile.TemporaryDirectory() as tmp, sidecar(Path(tmp)) as car:
@@ -322,6 +324,12 @@ def memory(db: str, events: int, seconds: float) -> dict[str, Any]:
                 await asyncio.sleep(0.01)
             car.stop()  # the sidecar dies; the relay keeps trying
             await asyncio.sleep(1.0)
+            # On PostgreSQL the relay is the API's child process (RELAY_MODE=auto): its memory.
+            relay_pid = (handle.status().get("process") or {}).get("pid") or "self"
+
+            def rss_mb() -> float:
+                return relay_rss_mb(relay_pid)
+
             base = rss_mb()
             samples.append((0.0, base, 0))
             # The backlog is written by another process, so only the relay's memory counts.
