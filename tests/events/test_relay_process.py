@@ -181,3 +181,23 @@ def test_auto_means_a_child_on_postgresql_and_inline_on_sqlite() -> None:
     assert not Settings(database_url="sqlite:///x.db", relay_mode="auto").relay_in_child
     assert Settings(database_url="sqlite:///x.db", relay_mode="process").relay_in_child
     assert not Settings(database_url="postgresql://db/app", relay_mode="inline").relay_in_child
+
+
+@pytest.mark.parametrize(
+    ("priority", "nice", "policy"),
+    [("idle", 19, "SCHED_IDLE"), ("low", 19, "SCHED_OTHER"), ("normal", 0, "SCHED_OTHER")],
+)
+def test_relay_priority_sets_the_childs_niceness_and_policy(
+    priority: str, nice: int, policy: str
+) -> None:
+    code = (
+        "import os; from src.events.relay_process import _lower_priority; "
+        f"_lower_priority({priority!r}); "
+        "print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))"
+    )
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(out[0]) == max(base, nice)
+    assert int(out[1]) == getattr(os, policy)
