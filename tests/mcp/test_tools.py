@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.mcp.conftest import connect, fails, ok, task_rows
+from tests.mcp.conftest import Client, connect, fails, ok, task_rows
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("mcp_db")]
 
@@ -102,15 +102,16 @@ async def test_list_filters_by_status_and_pages() -> None:
         assert "limit" in await fails(client, "list_tasks", {"limit": 0})
 
 
+async def add_draft(client: Client) -> int:
+    """A task with every optional field set, for updates to change or clear."""
+    draft = {"title": "Draft", "description": "notes", "due_date": "2026-12-01T08:00:00Z"}
+    task_id: int = (await ok(client, "add_task", draft))["task_id"]
+    return task_id
+
+
 async def test_update_changes_only_the_fields_passed() -> None:
     async with connect("alice") as client:
-        task_id = (
-            await ok(
-                client,
-                "add_task",
-                {"title": "Draft", "description": "notes", "due_date": "2026-12-01T08:00:00Z"},
-            )
-        )["task_id"]
+        task_id = await add_draft(client)
         # Omitted means "keep".
         result = await ok(client, "update_task", {"task_id": task_id, "title": "Final"})
         assert result == {"task_id": task_id, "status": "updated", "title": "Final"}
@@ -132,13 +133,7 @@ async def test_update_changes_only_the_fields_passed() -> None:
 async def test_null_means_what_it_means_in_rest() -> None:
     """REST PUT/PATCH: null clears description and due_date, and is refused for title."""
     async with connect("alice") as client:
-        task_id = (
-            await ok(
-                client,
-                "add_task",
-                {"title": "Draft", "description": "notes", "due_date": "2026-12-01T08:00:00Z"},
-            )
-        )["task_id"]
+        task_id = await add_draft(client)
         assert "title" in await fails(client, "update_task", {"task_id": task_id, "title": None})
         await ok(client, "update_task", {"task_id": task_id, "description": None})
         [row] = task_rows()

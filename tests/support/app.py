@@ -10,6 +10,7 @@ runs; on exit everything is put back.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ class Api:
     def state(self) -> tuple[list[dict[str, Any]], int]:
         """What a failed request must leave untouched: the tasks and the outbox backlog."""
         return self.rows(), self.count(outbox_table)
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events waiting in the outbox, oldest first, removed as they are read."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(outbox_table.c.payload).order_by(outbox_table.c.seq))
+            events = [json.loads(payload) for (payload,) in rows]
+            conn.execute(outbox_table.delete())
+        return events
 
     def wipe(self) -> None:
         with self.engine.begin() as conn:

@@ -5,7 +5,6 @@ No OpenTelemetry here: the request middleware's own parsing supplies the context
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from src import tracing
-from src.models import Task, outbox_table
+from src.models import Task
 from src.tracing import TraceContext, parse_traceparent, request_trace
 
 from tests.support.app import Api, make_client
@@ -29,15 +28,6 @@ def api(db_url: str) -> Iterator[Api]:
     """Events on, no relay: the outbox rows stay to be read."""
     with make_client(db_url, DAPR_ENABLED="true", RELAY_ENABLED="false") as api:
         yield api
-
-
-def _events(api: Api) -> list[dict[str, Any]]:
-    with api.engine.connect() as conn:
-        rows = conn.execute(sa.select(outbox_table.c.payload).order_by(outbox_table.c.seq))
-        events = [json.loads(payload) for (payload,) in rows]
-    with api.engine.begin() as conn:
-        conn.execute(outbox_table.delete())
-    return events
 
 
 def _trace_ids(events: list[dict[str, Any]]) -> set[str]:
@@ -59,7 +49,7 @@ def _post(api: Api, title: str, **headers: str) -> int:
 
 def test_the_request_s_traceparent_and_tracestate_reach_every_event(api: Api) -> None:
     _post(api, "traced", traceparent=PARENT, tracestate="congo=t61rcWkgMzE,rojo=00f0")
-    events = _events(api)
+    events = api.take_events()
     assert [e["type"] for e in events] == ["task.created", "task.sync", "reminder.scheduled"]
     assert {e["traceparent"] for e in events} == {PARENT}
     assert {e["tracestate"] for e in events} == {"congo=t61rcWkgMzE,rojo=00f0"}
@@ -69,9 +59,9 @@ def test_the_request_s_traceparent_and_tracestate_reach_every_event(api: Api) ->
 
 def test_a_request_without_trace_context_starts_a_new_trace(api: Api) -> None:
     _post(api, "first")
-    first = _events(api)
+    first = api.take_events()
     _post(api, "second")
-    second = _events(api)
+    second = api.take_events()
     assert len(_trace_ids(first)) == len(_trace_ids(second)) == 1
     assert _trace_ids(first) != _trace_ids(second)
     assert all("tracestate" not in e for e in first + second)
@@ -100,7 +90,7 @@ def test_a_malformed_traceparent_is_ignored_never_an_error(api: Api, header: str
         },
     )
     assert answer.status_code == 201, answer.text
-    events = _events(api)
+    events = api.take_events()
     (trace_id,) = _trace_ids(events)
     assert trace_id != TRACE_ID
     assert all("tracestate" not in e for e in events)  # dropped with its traceparent
@@ -111,25 +101,25 @@ def test_a_bulk_clear_completed_keeps_one_trace_for_all_its_events(api: Api) -> 
         task_id = _post(api, title)
         done = api.client.patch(f"/api/alice/tasks/{task_id}/complete", headers=api.auth("alice"))
         assert done.status_code == 200
-    _events(api)
+    api.take_events()
     answer = api.client.delete(
         "/api/alice/tasks/completed", headers={**api.auth("alice"), "traceparent": PARENT}
     )
     assert answer.json() == {"deleted": 3}
-    events = _events(api)
+    events = api.take_events()
     assert len(events) == 6  # task.deleted + task.sync per task (no open reminder left)
     assert {e["traceparent"] for e in events} == {PARENT}
 
     _post(api, "d")
     _post(api, "e")
     api.client.patch("/api/alice/tasks/1/complete", headers=api.auth("alice"))
-    _events(api)
+    api.take_events()
     ids = [t["id"] for t in api.client.get("/api/alice/tasks", headers=api.auth("alice")).json()]
     for task_id in ids:
         api.client.patch(f"/api/alice/tasks/{task_id}/complete", headers=api.auth("alice"))
-    _events(api)
+    api.take_events()
     api.client.delete("/api/alice/tasks/completed", headers=api.auth("alice"))
-    assert len(_trace_ids(_events(api))) == 1  # a new trace, still one for the request
+    assert len(_trace_ids(api.take_events())) == 1  # a new trace, still one for the request
 
 
 def test_outside_requests_each_transaction_is_a_trace_of_its_own(api: Api) -> None:
@@ -143,13 +133,13 @@ def test_outside_requests_each_transaction_is_a_trace_of_its_own(api: Api) -> No
         session.flush()
         first.completed = True
         session.commit()  # three flushes, one transaction
-        one_transaction = _events(api)
+        one_transaction = api.take_events()
         session.execute(sa.delete(Task).where(Task.completed.is_(True)))  # type: ignore[attr-defined]
         session.commit()
-        statement_first = _events(api)
+        statement_first = api.take_events()
         session.add(Task(user_id="bob", title="three"))
         session.commit()
-        another = _events(api)
+        another = api.take_events()
     assert len(one_transaction) == 6 and len(_trace_ids(one_transaction)) == 1
     assert len(statement_first) == 2 and len(_trace_ids(statement_first)) == 1
     assert len(_trace_ids(another)) == 1
@@ -162,7 +152,7 @@ def test_outside_requests_each_transaction_is_a_trace_of_its_own(api: Api) -> No
             session.commit()
     finally:
         request_trace.reset(token)
-    events = _events(api)
+    events = api.take_events()
     assert {e["traceparent"] for e in events} == {PARENT}
     assert {e["tracestate"] for e in events} == {"mine=1"}
 

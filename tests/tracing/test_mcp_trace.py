@@ -3,13 +3,9 @@ HTTP the request's traceparent is the context, as for REST (issue 19)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from src.models import outbox_table
 
 from tests.mcp.conftest import connect, ok
 from tests.support.app import Api, make_client
@@ -28,24 +24,16 @@ def api(sqlite_url: str) -> Iterator[Api]:
         yield api
 
 
-def _drain(api: Api) -> list[dict[str, Any]]:
-    with api.engine.begin() as conn:
-        rows = conn.execute(sa.select(outbox_table.c.payload).order_by(outbox_table.c.seq))
-        events = [json.loads(payload) for (payload,) in rows]
-        conn.execute(outbox_table.delete())
-    return events
-
-
 async def test_each_stdio_tool_call_is_a_trace_of_its_own(api: Api) -> None:
     async with connect("erin") as client:
         first = await ok(client, "add_task", {"title": "one"})
         await ok(client, "add_task", {"title": "two"})
-        created = _drain(api)
+        created = api.take_events()
         await ok(client, "complete_task", {"task_id": first["task_id"]})
         await ok(client, "complete_task", {"task_id": first["task_id"] + 1})
-        _drain(api)
+        api.take_events()
         assert await ok(client, "clear_completed") == {"deleted": 2}
-        cleared = _drain(api)
+        cleared = api.take_events()
     traces = [e["traceparent"][3:35] for e in created]
     assert len(created) == 4 and traces[0] == traces[1] != traces[2] == traces[3]
     assert len(cleared) == 4 and len({e["traceparent"] for e in cleared}) == 1
@@ -84,6 +72,6 @@ def test_an_http_tool_call_carries_its_request_s_trace(api: Api) -> None:
     )
     answer = api.client.post("/mcp/", json=call, headers=more)
     assert answer.status_code == 200, answer.text
-    events = _drain(api)
+    events = api.take_events()
     assert [e["type"] for e in events] == ["task.created", "task.sync"]
     assert {e["traceparent"] for e in events} == {parent}
