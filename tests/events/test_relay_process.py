@@ -50,10 +50,14 @@ def relay_status(api: Api) -> dict[str, object]:
 
 
 def child_pid(api: Api) -> int:
-    wait_until(lambda: relay_status(api).get("state") == "leader", timeout=CHILD_START)
-    process = relay_status(api)["process"]
-    assert isinstance(process, dict)
-    pid: int = process["pid"]
+    """The pid of the child relay once it leads (its report and its process both current)."""
+
+    def leading() -> bool:
+        status = relay_status(api)
+        return status.get("state") == "leader" and status["process"]["pid"] is not None  # type: ignore[index]
+
+    wait_until(leading, timeout=CHILD_START)
+    pid: int = relay_status(api)["process"]["pid"]  # type: ignore[index]
     return pid
 
 

@@ -64,11 +64,8 @@ class RelayProcess:
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = dict(self._report.get("status") or {"state": "starting"})
         proc = self._proc
-        running = proc is not None and proc.returncode is None
-        status["process"] = {
-            "pid": proc.pid if running and proc is not None else None,
-            "restarts": self.restarts,
-        }
+        pid = proc.pid if proc is not None and proc.returncode is None else None
+        status["process"] = {"pid": pid, "restarts": self.restarts}
         return status
 
     def metrics(self) -> bytes:
@@ -113,6 +110,7 @@ class RelayProcess:
         async for line in proc.stdout:
             with contextlib.suppress(orjson.JSONDecodeError):
                 self._report = orjson.loads(line)
+        self._report = {}  # a dead child's last state is no longer true: "starting" again
         return await proc.wait()
 
     async def stop(self) -> None:
