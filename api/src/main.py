@@ -242,7 +242,8 @@ DOCS_ASSETS_URL = "/docs-assets"
 
 
 def _relay_part(app: FastAPI) -> Callable[[Settings], AbstractAsyncContextManager[None]]:
-    """The in-process outbox relay (issue 8), unless DAPR_ENABLED or RELAY_ENABLED is false.
+    """The API's outbox relay (issue 8; a child process or a task of this loop, RELAY_MODE),
+    unless DAPR_ENABLED or RELAY_ENABLED is false.
 
     It starts in the background: the API serves while the relay waits for the sidecar.
     """

@@ -1,7 +1,8 @@
 """The app's outbox relay (issue 8, T-016): the generic `hooks` relay with the Dapr transport.
 
-- In the API process: `running_relay(settings)` in the FastAPI lifespan (`app.state.relay`);
-  requests never wait for it and never see its errors.
+- Beside the API: `running_relay(settings)` in the FastAPI lifespan (`app.state.relay`), as a
+  child process (`relay_process.py`) or a task of the API's loop (RELAY_MODE); requests never
+  wait for it and never see its errors.
 - Alone: `run_relay_forever(settings)` (`pakaura relay`), until SIGTERM/SIGINT.
 - `print_outbox_status()` / `retry_outbox_now()` for `pakaura outbox status|retry`.
 
